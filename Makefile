@@ -1,0 +1,38 @@
+# make quickstart  - create .venv, install, run the pipeline end to end at toy scale
+# make test        - create/install if needed, run the tests
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install quickstart test lint bench-data clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned: the CPU build is on disk; an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,sglang]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=200 data.num_val=20 data.num_test=20 data.out_dir=runs/quickstart/data
+	@echo "statistics: runs/quickstart/data/stats.md"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check apr tests benchmarks
+
+bench-data: $(STAMP)
+	$(BIN)/python benchmarks/bench_datagen.py
+
+clean:
+	rm -rf $(VENV) runs
