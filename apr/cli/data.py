@@ -1,0 +1,39 @@
+"""Generate Countdown problems and SoS+/APR traces for train/val/test, with statistics.
+
+    python -m apr.cli.data task=countdown_n4 data.num_train=10000 data.num_test=500
+    # ~N=4: a few hundred problems/s per core for both solvers; writes data/<task>/{train,val,test}/
+    # {problems,sosp,apr}.jsonl, data/<task>/tokenizer/, data/<task>/stats.{json,md}
+"""
+
+from __future__ import annotations
+
+import hydra
+
+from apr.cli.common import run_clean, to_container
+
+
+def run(c: dict) -> dict:
+    from apr.config import from_dict
+    from apr.datagen import DataConfig, generate_dataset
+    from apr.datagen.stats import to_markdown
+    from apr.search import SearchConfig
+    from apr.task import CountdownConfig
+    from apr.tokenizer import TokenizerConfig
+
+    task = from_dict(CountdownConfig, c["task"], "task")
+    solvers = {name: from_dict(SearchConfig, s, f"solvers.{name}") for name, s in c["solvers"].items()}
+    data = from_dict(DataConfig, c["data"], "data")
+    tok = from_dict(TokenizerConfig, c["tokenizer"], "tokenizer")
+    stats = generate_dataset(task, solvers, data, tok)
+    print(to_markdown(stats))
+    print(f"wrote {data.out_dir}")
+    return stats
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="data")
+def main(cfg) -> None:
+    run_clean(lambda: run(to_container(cfg)))
+
+
+if __name__ == "__main__":
+    main()

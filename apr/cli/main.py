@@ -1,0 +1,20 @@
+"""The `apr` command: `apr data [hydra overrides]` (more subcommands as the pipeline grows)."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {"data": "apr.cli.data"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: apr {" + ",".join(COMMANDS) + "} [options]\n"
+              "  data   generate Countdown problems, SoS+/APR traces and statistics (Hydra overrides)")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    import importlib
+
+    module = importlib.import_module(COMMANDS[argv[0]])
+    sys.argv = [f"apr {argv[0]}"] + argv[1:]
+    module.main()
