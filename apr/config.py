@@ -106,7 +106,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
         if name in data:
             field = f"{prefix}.{name}" if prefix else name
             kwargs[name] = _convert(hints[name], data[name], field)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        # `__post_init__` names fields by their usual section ("search.heuristics"); say where
+        # this instance actually sits ("solvers.apr.heuristics").
+        section, dot, rest = str(e).partition(".")
+        if prefix and dot and rest.split(":")[0].split("[")[0] in names and section.isidentifier():
+            raise ConfigError(f"{prefix}.{rest}") from None
+        raise
 
 
 def to_dict(obj: Any) -> Any:

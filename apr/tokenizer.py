@@ -8,7 +8,7 @@ made of these words.
     >>> tok = build_tokenizer()
     >>> ids = tok.encode("node 0 27:[22,26,31,53] []\\n", add_special_tokens=False)
     >>> tok.decode(ids) == "node 0 27:[22,26,31,53] []\\n", len(ids)
-    (True, 17)
+    (True, 16)
 """
 
 from __future__ import annotations

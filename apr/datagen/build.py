@@ -144,6 +144,7 @@ def generate_dataset(task: CountdownConfig, searches: dict[str, SearchConfig], d
     tokenizer.save_pretrained(out / "tokenizer")
     sizes = {s: getattr(data, f"num_{s}") for s in SPLITS}
     splits = make_splits(task, sizes, data.seed)
+    check_windows(data, [p for ps in splits.values() for p in ps], tokenizer)
     records: dict[str, dict[str, list[TraceRecord]]] = {}
     for split in SPLITS:
         problems = splits[split]
@@ -162,6 +163,18 @@ def generate_dataset(task: CountdownConfig, searches: dict[str, SearchConfig], d
     stats = summarize(records, data.windows)
     write_stats(stats, out)
     return stats
+
+
+def check_windows(data: DataConfig, problems: list[Problem], tokenizer) -> None:
+    """Every window must hold the longest root prompt (plus a conditioning line)."""
+    from apr.search import problem_prompt
+
+    if not problems:
+        return
+    longest = max(len(tokenizer.encode(problem_prompt(p), add_special_tokens=False)) for p in problems) + 4
+    small = [w for w in data.windows if w < longest]
+    check(not small, "data.windows", list(data.windows),
+          f"windows of at least {longest} tokens (the longest prompt of this task); {small} are too small")
 
 
 def _write_lines(path: Path, lines: Iterator[str]) -> None:

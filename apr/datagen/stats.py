@@ -56,7 +56,9 @@ def to_markdown(stats: dict) -> str:
                   + " | ".join(f"solved within {w}" for w in windows) + " |",
                   "|---" * (7 + len(windows)) + "|"]
         for name, s in per.items():
-            pct = lambda k: f"{s[k]['p50']}/{s[k]['p90']}"  # noqa: E731
+            def pct(k: str, s: dict = s) -> str:
+                return f"{s[k]['p50']}/{s[k]['p90']}"
+
             lines.append(
                 f"| {name} | {s['num_problems']} | {s['success_rate']:.1%} | {pct('root_tokens')} | "
                 f"{pct('longest_thread_tokens')} | {pct('total_tokens')} | {s['child_threads']['mean']} | "

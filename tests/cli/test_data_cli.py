@@ -1,0 +1,41 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "apr.cli.data", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_data_cli_end_to_end(tmp_path):
+    out = tmp_path / "d"
+    r = run_cli("task=countdown_n3", "data.num_train=20", "data.num_val=5", "data.num_test=5",
+                f"data.out_dir={out}", "data.progress=false", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["train"]["sosp"]["num_problems"] == 20
+    assert (out / ".hydra" / "config.yaml").exists()  # the resolved config is saved with the data
+    assert "| apr |" in r.stdout
+
+
+def test_data_cli_bad_input_is_one_clear_line(tmp_path):
+    r = run_cli("task.num_numbers=1", f"data.out_dir={tmp_path}", cwd=ROOT)
+    assert r.returncode == 2
+    assert "task.num_numbers" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("solvers.sosp.heuristics=[sum,cosine]", f"data.out_dir={tmp_path}", cwd=ROOT)
+    assert r.returncode == 2 and "solvers.sosp.heuristics" in r.stderr
+
+
+def test_apr_console_entry(tmp_path):
+    from apr.cli.main import main
+
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0

@@ -1,0 +1,62 @@
+"""Imports flow one way (DESIGN.md's data flow) and `import apr` stays light."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "apr"
+# DESIGN.md's order: a module imports only from its own layer or layers above it.
+# `config` (typed config helpers) sits on top; `datagen` (data sets of traces) after the tokenizer.
+LAYERS = ["config", "task", "search", "protocol", "tokenizer", "datagen", "model", "sft", "engine", "runtime",
+          "api", "rl", "dist", "eval", "cli"]
+# runtime/ and engine/ know token ids, not Countdown.
+FORBIDDEN = {"engine": {"task", "search", "tokenizer", "datagen"}, "runtime": {"task", "search", "datagen"}}
+HEAVY_ONLY_IN = {"ray": {"dist", "cli"}, "deepspeed": {"sft", "rl", "dist", "cli"}}
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(ROOT).parts
+    name = rel[0].removesuffix(".py")
+    return name
+
+
+def imported_modules(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append(node.module)
+    return out
+
+
+def test_imports_flow_one_way():
+    problems = []
+    for path in ROOT.rglob("*.py"):
+        if path.name == "__init__.py" and path.parent == ROOT:
+            continue
+        layer = layer_of(path)
+        if layer not in LAYERS:
+            problems.append(f"{path}: layer {layer!r} is not in DESIGN.md's data flow (add it to LAYERS)")
+            continue
+        for mod in imported_modules(path):
+            top = mod.split(".")[0]
+            if top == "apr" and "." in mod:
+                target = mod.split(".")[1]
+                if target in LAYERS and LAYERS.index(target) > LAYERS.index(layer):
+                    problems.append(f"{path.relative_to(ROOT)} ({layer}) imports {mod} ({target}, a lower layer)")
+                if target in FORBIDDEN.get(layer, ()):
+                    problems.append(f"{path.relative_to(ROOT)} ({layer}) imports {mod}: it must not know the task")
+            if top in HEAVY_ONLY_IN and layer not in HEAVY_ONLY_IN[top]:
+                problems.append(f"{path.relative_to(ROOT)} imports {top}")
+    assert not problems, "\n".join(problems)
+
+
+def test_import_apr_is_light():
+    code = ("import sys, apr, apr.task, apr.search, apr.protocol, apr.config; "
+            "heavy = [m for m in ('ray', 'deepspeed', 'wandb', 'torch', 'transformers', 'sglang') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"import apr pulled in: {out}"
