@@ -4,3 +4,15 @@ Importing `apr` is cheap: heavy backends (torch models, ray, deepspeed, wandb) l
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: `from apr import Reasoner` loads the runtime and task modules only when asked for.
+    if name == "Reasoner":
+        from apr.api import Reasoner
+
+        return Reasoner
+    raise AttributeError(f"module 'apr' has no attribute {name!r}")
+
+
+__all__ = ["Reasoner", "__version__"]

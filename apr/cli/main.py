@@ -1,17 +1,18 @@
-"""The `apr` command: `apr data [hydra overrides]` (more subcommands as the pipeline grows)."""
+"""The `apr` command: `apr data [hydra overrides]`, `apr solve --model DIR --numbers ... --target N`."""
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = {"data": "apr.cli.data"}
+COMMANDS = {"data": "apr.cli.data", "solve": "apr.cli.solve"}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: apr {" + ",".join(COMMANDS) + "} [options]\n"
-              "  data   generate Countdown problems, SoS+/APR traces and statistics (Hydra overrides)")
+              "  data   generate Countdown problems, SoS+/APR traces and statistics (Hydra overrides)\n"
+              "  solve  solve a Countdown problem with a trained model: apr solve --model DIR --numbers 22 26 31 53 --target 27")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     import importlib
 

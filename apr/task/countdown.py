@@ -15,6 +15,8 @@ numbers with + - * / (each used exactly once) into the target.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ from typing import Any
 from apr.config import check, from_dict
 
 ANSWER_PREFIX = "answer "
+# An answer line: at a line start, or right after a special token (`...</result>answer 1+2`).
+_ANSWER_LINE = re.compile(r"(?:^|\n|>)" + re.escape(ANSWER_PREFIX) + r"([^\n]*)")
 SYMBOLS = ("+", "*", "-", "/")
 
 
@@ -181,23 +185,24 @@ def format_answer(expr: str) -> str:
 
 
 def extract_answer(text: Any) -> str | None:
-    """The expression on the last line starting with `answer `, or None.
+    """The expression of the last `answer ` line, or None.
 
-    The line is cut at its first `<` (special tokens such as `<eos>`) and stripped;
-    a bare `answer ` line gives "" (an answer line exists but is empty).
+    An answer line starts at a line start or right after a special token such as
+    `</result>` (the APR root writes its answer straight after the joined results). The
+    expression is cut at its first `<` (special tokens such as `<eos>`) and stripped; a bare
+    `answer ` line gives "" (an answer line exists but is empty).
 
         >>> extract_answer("answer 1+2\\nanswer 3*4<eos><pad>")
         '3*4'
+        >>> extract_answer("<spawn>x</spawn><result>1+1=2</result>answer 5-3\\n<eos>")
+        '5-3'
         >>> extract_answer("no answer here") is None
         True
     """
     if not isinstance(text, str):
         return None
-    found = None
-    for line in text.split("\n"):
-        if line.startswith(ANSWER_PREFIX):
-            found = line
-    if found is None:
+    matches = _ANSWER_LINE.findall(text)
+    if not matches:
         return None
-    return found[len(ANSWER_PREFIX):].split("<", 1)[0].strip()
+    return matches[-1].split("<", 1)[0].strip()
 
