@@ -1,0 +1,26 @@
+"""Token-level inference engines behind one interface (`base.Engine`).
+
+Module map (each owns one thing):
+- `base`: SamplingParams, Request, Completion, EngineStats, the Engine protocol (no torch)
+- `local`: LocalEngine + LocalEngineConfig, the step loop (continuous batching)
+- `scheduler`: waiting queue, running batch, suspended sequences, slot placement, eviction
+- `sequence`: the per-sequence state object and its status enum
+- `kv_cache`: the preallocated KV pool (one slot per live sequence)
+- `llama`: functional Llama forward over the HF model's weights and the pool
+- `sampler`: batch-invariant greedy / temperature / top-k / top-p sampling
+
+`import apr.engine` stays light: torch loads when `LocalEngine` is first used.
+"""
+
+from apr.engine.base import Completion, Engine, EngineStats, FinishReason, Request, SamplingParams
+
+__all__ = ["Completion", "Engine", "EngineStats", "FinishReason", "LocalEngine", "LocalEngineConfig", "Request",
+           "SamplingParams"]
+
+
+def __getattr__(name: str):
+    if name in ("LocalEngine", "LocalEngineConfig"):
+        from apr.engine import local
+
+        return getattr(local, name)
+    raise AttributeError(f"module 'apr.engine' has no attribute {name!r}")

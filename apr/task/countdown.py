@@ -16,7 +16,6 @@ numbers with + - * / (each used exactly once) into the target.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
