@@ -1,0 +1,92 @@
+"""Per-problem evaluation records and the paper's aggregate measures (pure functions).
+
+    >>> recs = [EvalRecord(0, 0, "1+2", True, 3, 3, 100, 120, 2, 0.5),
+    ...         EvalRecord(1, 0, None, False, 0, 9, 900, 900, 0, 1.0)]
+    >>> accuracy_vs_window(recs, [128, 1024])
+    {'128': 0.5, '1024': 0.5}
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class EvalRecord:
+    """One sample of one problem."""
+
+    problem_index: int
+    sample_index: int
+    answer: str | None
+    correct: bool
+    generated_tokens: int
+    sequential_tokens: int
+    longest_thread_tokens: int
+    total_tokens: int
+    num_child_threads: int
+    latency_s: float
+    root_finish: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def accuracy_vs_window(records: Sequence[EvalRecord], windows: Sequence[int]) -> dict[str, float]:
+    """Share of problems solved with every thread within each window (cumulative in the window)."""
+    n = len(records)
+    return {str(w): (sum(r.correct and r.longest_thread_tokens <= w for r in records) / n if n else 0.0)
+            for w in windows}
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def summarize_records(records: Sequence[EvalRecord], windows: Sequence[int]) -> dict:
+    """Accuracy and mean costs of a set of single-sample records."""
+    return {
+        "num_problems": len(records),
+        "accuracy": _mean(r.correct for r in records),
+        "accuracy_vs_window": accuracy_vs_window(records, windows),
+        "mean_generated_tokens": _mean(r.generated_tokens for r in records),
+        "mean_total_tokens": _mean(r.total_tokens for r in records),
+        "mean_sequential_tokens": _mean(r.sequential_tokens for r in records),
+        "mean_longest_thread_tokens": _mean(r.longest_thread_tokens for r in records),
+        "mean_child_threads": _mean(r.num_child_threads for r in records),
+        "mean_latency_s": _mean(r.latency_s for r in records),
+        "root_finish": dict(Counter(r.root_finish for r in records)),
+    }
+
+
+def _by_problem(records: Sequence[EvalRecord]) -> dict[int, list[EvalRecord]]:
+    out: dict[int, list[EvalRecord]] = {}
+    for r in records:
+        out.setdefault(r.problem_index, []).append(r)
+    return {k: sorted(v, key=lambda r: r.sample_index) for k, v in out.items()}
+
+
+def pass_at_n(records: Sequence[EvalRecord], n: int) -> float:
+    """Share of problems where any of the first n samples is correct."""
+    groups = _by_problem(records)
+    return _mean(any(r.correct for r in g[:n]) for g in groups.values())
+
+
+def cons_at_n(records: Sequence[EvalRecord], n: int) -> float:
+    """Share of problems whose majority answer among the first n samples' valid answers is correct.
+
+    Only samples that produced an answer vote; ties go to the earliest answer reaching the top count.
+    """
+    correct = []
+    for g in _by_problem(records).values():
+        votes = [r for r in g[:n] if r.answer]
+        if not votes:
+            correct.append(False)
+            continue
+        counts = Counter(r.answer for r in votes)
+        top = max(counts.values())
+        winner = next(r for r in votes if counts[r.answer] == top)
+        correct.append(winner.correct)
+    return _mean(correct)
