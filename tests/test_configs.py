@@ -43,3 +43,12 @@ def test_every_yaml_field_is_commented():
             if in_hydra or not is_field:
                 continue
             assert i > 0 and lines[i - 1].strip().startswith("#"), f"{path.name}:{i + 1} {line!r} lacks a comment"
+
+
+def test_eval_config_composes():
+    from apr.eval import EvalConfig
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        c = to_container(compose("eval", overrides=["models.apr=/tmp/x"]))
+    assert c["models"] == {"apr": "/tmp/x"}
+    assert from_dict(EvalConfig, c["eval"], "eval").max_thread_tokens == 1024
