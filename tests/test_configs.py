@@ -50,5 +50,5 @@ def test_eval_config_composes():
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         c = to_container(compose("eval", overrides=["models.apr=/tmp/x"]))
-    assert c["models"] == {"apr": "/tmp/x"}
+    assert c["models"] == {"sosp": None, "apr": "/tmp/x"}
     assert from_dict(EvalConfig, c["eval"], "eval").max_thread_tokens == 1024

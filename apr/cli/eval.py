@@ -23,7 +23,8 @@ def run(c: dict) -> dict:
     from apr.task import Problem
 
     cfg = from_dict(EvalConfig, c["eval"], "eval")
-    if not c["models"]:
+    models = {name: path for name, path in (c["models"] or {}).items() if path}
+    if not models:
         raise ConfigError("models: empty; add checkpoints with models.<name>=<dir>, e.g. models.apr=runs/sft/apr/final")
     problems_path = Path(c["data_dir"]) / c["split"] / "problems.jsonl"
     if not problems_path.is_file():
@@ -32,7 +33,7 @@ def run(c: dict) -> dict:
     problems = problems[: c["num_problems"]] if c["num_problems"] else problems
     out = Path(c["out_dir"])
     summaries = {}
-    for name, path in c["models"].items():
+    for name, path in models.items():
         reasoner = Reasoner.from_pretrained(path, **(c["engine"] or {}))
         records = evaluate(reasoner, problems, cfg, out / f"records_{name}.jsonl")
         summaries[name] = {"model": path, **summarize_records(records, cfg.windows)}
