@@ -1,0 +1,1 @@
+"""RL math: advantages, credit assignment, losses (pure functions, registries)."""

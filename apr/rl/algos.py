@@ -1,0 +1,150 @@
+"""Advantage estimators, credit assignment and policy losses: small pure functions in registries.
+
+Chosen by name from config (as verl's `core_algos`), never by `if` chains in the loop.
+
+    >>> import torch
+    >>> adv = ADVANTAGES["grpo"](torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
+    >>> [round(a, 3) for a in adv.tolist()]
+    [0.707, -0.707, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+ADVANTAGES: dict[str, Callable] = {}
+CREDIT: dict[str, Callable] = {}
+POLICY_LOSSES: dict[str, Callable] = {}
+AGGREGATIONS: dict[str, Callable] = {}
+
+
+def _register(table: dict, name: str):
+    def wrap(fn):
+        table[name] = fn
+        return fn
+
+    return wrap
+
+
+# ---- advantages over rollouts (one scalar per tree) --------------------------------------------------
+@_register(ADVANTAGES, "grpo")
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_std: bool = True,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """Group-normalised reward: (r - mean_group) / (std_group + eps); std is the unbiased one.
+
+    A group whose rewards are all equal gets zero advantage (no signal, no noise).
+    """
+    adv = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
+    for g in group_ids.unique():
+        idx = group_ids == g
+        r = rewards[idx].float()
+        centred = r - r.mean()
+        if norm_std and r.numel() > 1 and r.std() > 0:
+            centred = centred / (r.std(unbiased=True) + eps)
+        adv[idx] = centred
+    return adv
+
+
+@_register(ADVANTAGES, "rloo")
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torch.Tensor:
+    """Leave-one-out baseline: r_i - mean of the other samples of its group."""
+    adv = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
+    for g in group_ids.unique():
+        idx = group_ids == g
+        r = rewards[idx].float()
+        n = r.numel()
+        adv[idx] = r - (r.sum() - r) / (n - 1) if n > 1 else torch.zeros_like(r)
+    return adv
+
+
+# ---- credit assignment: a tree's advantage -> each of its threads ------------------------------------
+@_register(CREDIT, "root")
+def credit_root(root_advantage: float, threads: list[dict]) -> list[float]:
+    """Every thread of the tree gets the root's advantage (the paper's end-to-end choice)."""
+    return [root_advantage] * len(threads)
+
+
+@_register(CREDIT, "child_outcome")
+def credit_child_outcome(root_advantage: float, threads: list[dict], bonus: float = 0.5) -> list[float]:
+    """Root: the root's advantage. A child: the root's advantage, plus `bonus` if it joined back a
+    correct result that the root's answer used, minus `bonus` if it returned nothing.
+
+    `threads[i]` has `is_root`, `returned` (non-empty join) and `used` (its result became the answer).
+    """
+    out = []
+    for t in threads:
+        if t["is_root"]:
+            out.append(root_advantage)
+        elif t.get("used"):
+            out.append(root_advantage + bonus)
+        elif not t.get("returned"):
+            out.append(root_advantage - bonus)
+        else:
+            out.append(root_advantage)
+    return out
+
+
+# ---- PPO: GAE over one thread's tokens ------------------------------------------------------------------
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation per row over the masked (generated) positions.
+
+    rewards, values, mask: (B, T); rewards are usually zero except the last generated token.
+    Masked-out positions are skipped (the runtime-written results don't break the chain).
+    Returns (advantages, returns), zero where mask is 0.
+    """
+    B, T = rewards.shape
+    adv = torch.zeros(B, T, dtype=torch.float32)  # (B, T)
+    last_gae = torch.zeros(B)  # (B,)
+    next_value = torch.zeros(B)  # (B,)
+    for t in reversed(range(T)):
+        m = mask[:, t].float()  # (B,)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
+        gae_t = delta + gamma * lam * last_gae  # (B,)
+        adv[:, t] = gae_t * m
+        last_gae = torch.where(m > 0, gae_t, last_gae)
+        next_value = torch.where(m > 0, values[:, t], next_value)
+    returns = (adv + values) * mask  # (B, T)
+    return adv, returns
+
+
+# ---- policy losses (per token) ------------------------------------------------------------------
+@_register(POLICY_LOSSES, "ppo_clip")
+def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss and whether the token was clipped. All (B, T)."""
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    unclipped = -advantages * ratio  # (B, T)
+    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)  # (B, T)
+    loss = torch.maximum(unclipped, clipped)  # (B, T)
+    return loss, (clipped > unclipped).float()
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp  # (B, T)
+    return torch.exp(d) - d - 1
+
+
+# ---- aggregation of per-token losses -----------------------------------------------------------------
+@_register(AGGREGATIONS, "token_mean")
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over every generated token of the batch."""
+    m = mask.float()
+    return (loss * m).sum() / m.sum().clamp(min=1)
+
+
+@_register(AGGREGATIONS, "seq_mean_per_rollout")
+def seq_mean_per_rollout(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """The paper's aggregation: each sequence's token mean, weighted by 1/threads of its rollout,
+    averaged over rollouts (so a rollout with many threads counts as much as one with few).
+
+    seq_weights: (B,) = 1 / number of threads in the sequence's rollout.
+    """
+    m = mask.float()
+    per_seq = (loss * m).sum(-1) / m.sum(-1).clamp(min=1)  # (B,)
+    w = seq_weights if seq_weights is not None else torch.ones_like(per_seq)
+    return (per_seq * w).sum() / w.sum().clamp(min=1e-8)

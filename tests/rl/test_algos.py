@@ -1,0 +1,78 @@
+"""Advantage, credit and loss functions against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES, gae, kl_k3
+
+
+def test_grpo_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    adv = ADVANTAGES["grpo"](r, g, eps=0.0)
+    mean, std = 1 / 3, math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)
+    assert adv[:3].tolist() == pytest.approx([(1 - mean) / std, -mean / std, -mean / std])
+    assert adv[3:].tolist() == [0.0, 0.0, 0.0]  # all-equal group: no signal
+    no_std = ADVANTAGES["grpo"](r, g, norm_std=False)
+    assert no_std[:3].tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3])
+
+
+def test_rloo_by_hand():
+    adv = ADVANTAGES["rloo"](torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 0]))
+    assert adv.tolist() == pytest.approx([1.0, -0.5, -0.5])
+
+
+def test_credit_assignment():
+    threads = [{"is_root": True}, {"is_root": False, "returned": True, "used": True},
+               {"is_root": False, "returned": False}, {"is_root": False, "returned": True, "used": False}]
+    assert CREDIT["root"](0.7, threads) == [0.7] * 4
+    assert CREDIT["child_outcome"](0.7, threads, bonus=0.5) == pytest.approx([0.7, 1.2, 0.2, 0.7])
+
+
+def test_gae_matches_hand_computation_and_skips_masked():
+    # one row: generated, written (masked), generated, generated(last, reward 1)
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 9.0, 0.25, 0.75]])
+    mask = torch.tensor([[1, 0, 1, 1]])
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    d3 = 1.0 - 0.75
+    d2 = 0.0 + 0.75 - 0.25
+    d0 = 0.0 + 0.25 - 0.5
+    a3, a2 = d3, d2 + 0.5 * d3
+    a0 = d0 + 0.5 * a2
+    assert adv[0].tolist() == pytest.approx([a0, 0.0, a2, a3])
+    assert ret[0].tolist() == pytest.approx([a0 + 0.5, 0.0, a2 + 0.25, a3 + 0.75])
+
+
+def test_ppo_clip_by_hand():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    loss, clipped = POLICY_LOSSES["ppo_clip"](logp, old, adv, clip=0.2)
+    # ratio 1.5, A=1 -> min(1.5, 1.2) = 1.2 -> loss -1.2 (clipped); ratio 0.5, A=-1 -> max(0.5, 0.8)... loss 0.8
+    assert loss[0].tolist() == pytest.approx([-1.2, 0.8, -2.2])
+    assert clipped[0].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_kl_k3_zero_at_equal_and_positive():
+    a = torch.log(torch.tensor([0.2, 0.5]))
+    assert kl_k3(a, a).tolist() == [0.0, 0.0]
+    b = torch.log(torch.tensor([0.4, 0.1]))
+    k = kl_k3(a, b)
+    r = torch.exp(b - a)
+    assert k.tolist() == pytest.approx((r - torch.log(r) - 1).tolist())
+    assert (k > 0).all()
+
+
+def test_aggregations_by_hand():
+    loss = torch.tensor([[1.0, 3.0, 100.0], [2.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    assert AGGREGATIONS["token_mean"](loss, mask).item() == pytest.approx((1 + 3 + 2 + 12) / 6)
+    # sequences 0,1 belong to a 2-thread rollout (weight 1/2), sequence 2 to a 1-thread rollout
+    w = torch.tensor([0.5, 0.5, 1.0])
+    expected = (0.5 * 2 + 0.5 * 2 + 1.0 * 4) / 2.0
+    assert AGGREGATIONS["seq_mean_per_rollout"](loss, mask, w).item() == pytest.approx(expected)
+    empty = torch.zeros(1, 3)
+    assert AGGREGATIONS["token_mean"](loss[:1], empty).item() == 0.0
