@@ -1,0 +1,148 @@
+"""Typed SFT configuration (`conf/sft.yaml`), validated field by field; errors name the field.
+
+    >>> from apr.config import from_dict
+    >>> cfg = from_dict(SFTConfig, {"model": {"name": "tiny"}, "data": {"dir": "data/countdown_n3"},
+    ...                             "train": {"max_steps": 10}}, "")
+    >>> cfg.train.precision, cfg.data.solver, cfg.model.hidden_size
+    ('bf16', 'sosp', 128)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from apr.config import check
+from apr.model import ModelConfig
+
+
+@dataclass
+class SFTDataConfig:
+    """Which traces to train on and how they become packed rows."""
+
+    dir: str = "data/countdown_n3"  # a data directory written by `python -m apr.cli.data`
+    solver: Literal["sosp", "apr"] = "sosp"  # which <split>/<solver>.jsonl to read
+    max_seq_len: int = 1024  # packed row length = the longest thread trained on
+    overlong: Literal["drop", "truncate", "error"] = "drop"  # threads longer than max_seq_len
+    max_dropped_frac: float = 0.5  # fail before training if more threads than this are too long
+    solved_only: bool = False  # keep only traces whose search found the answer
+    max_train_records: int | None = None  # first N training traces (None: all)
+    max_val_records: int | None = 200  # first N validation traces for the validation loss
+
+    def __post_init__(self) -> None:
+        check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "an integer >= 8")
+        check(0.0 <= self.max_dropped_frac <= 1.0, "data.max_dropped_frac", self.max_dropped_frac,
+              "a fraction in [0, 1]")
+        for name in ("max_train_records", "max_val_records"):
+            v = getattr(self, name)
+            check(v is None or v >= 1, f"data.{name}", v, "null or a positive integer")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to `min_lr_ratio * lr`."""
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on matrices (dim >= 2) only; norms are not decayed
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "optim.lr", self.lr, "a positive number")
+        check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        check(all(0 <= b < 1 for b in self.betas), "optim.betas", list(self.betas), "two numbers in [0, 1)")
+        check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+
+
+@dataclass
+class TrainConfig:
+    """Batch shape, length of training, strategy and precision."""
+
+    strategy: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: int = 2  # deepspeed only: ZeRO stage 0-3
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast over fp32 master weights
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_rows: int = 8  # packed rows per micro-batch per process
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_steps: int | None = None  # optimizer steps; None: num_epochs over the training rows
+    num_epochs: int = 1
+    num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        check(0 <= self.zero_stage <= 3, "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        check(self.batch_rows >= 1, "train.batch_rows", self.batch_rows, "a positive integer")
+        check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "a positive integer")
+        check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", self.max_steps,
+              "null or a positive integer")
+        check(self.num_epochs >= 1, "train.num_epochs", self.num_epochs, "a positive integer")
+        check(self.num_threads >= 0, "train.num_threads", self.num_threads, "an integer >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Validation loss every `every_steps`; the CLI's solve-rate hook reads the rest."""
+
+    every_steps: int = 200  # 0: only at the end
+    num_problems: int = 50  # validation problems solved greedily by the solve-rate hook (0: off)
+    condition: str | None = None  # first prompt line for conditioned models, e.g. "threads 6"
+    engine: dict = field(default_factory=dict)  # options of Reasoner.from_model (apr.engine.local)
+    limits: dict = field(default_factory=dict)  # runtime limits passed to Reasoner.solve_batch
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 0, "eval.every_steps", self.every_steps, "an integer >= 0")
+        check(self.num_problems >= 0, "eval.num_problems", self.num_problems, "an integer >= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500  # 0: only the final checkpoint
+    keep_last: int = 2  # periodic checkpoints kept (the final one is separate)
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "an integer >= 0")
+        check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "a positive integer")
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10  # metrics.jsonl / wandb cadence
+    progress: bool = True  # tqdm bar with loss, tokens/s, ETA
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 1, "log.every_steps", self.every_steps, "a positive integer")
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "apr"
+    entity: str | None = None
+
+
+@dataclass
+class SFTConfig:
+    """Everything one supervised run needs; the run directory receives its resolved copy."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    name: str = "sft"
+    run_dir: str = "runs/sft/sft"
+    seed: int = 0
+    resume: bool = False  # continue from the newest checkpoint in run_dir (exactly)
+
+    def __post_init__(self) -> None:
+        check(self.data.max_seq_len <= self.model.max_position_embeddings, "data.max_seq_len",
+              self.data.max_seq_len, f"at most model.max_position_embeddings ({self.model.max_position_embeddings})")
+        check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
+        check(self.seed >= 0, "seed", self.seed, "a non-negative integer")

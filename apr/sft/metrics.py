@@ -1,0 +1,93 @@
+"""Timed phases, and metrics out to `metrics.jsonl`, wandb (offline by default) and a progress bar.
+
+    >>> times = {}
+    >>> with timer("forward_backward", times):
+    ...     pass
+    >>> list(times)
+    ['time/forward_backward_s']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from pathlib import Path
+
+from apr.sft.config import WandbConfig
+
+
+@contextlib.contextmanager
+def timer(name: str, times: dict):
+    """Add the wall time of the block to `times["time/<name>_s"]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        key = f"time/{name}_s"
+        times[key] = times.get(key, 0.0) + time.perf_counter() - start
+
+
+class MetricsLog:
+    """Appends one JSON object per call to `<run_dir>/metrics.jsonl` and mirrors it to wandb.
+
+    Only the main process logs; the others get a no-op instance (`enabled=False`).
+    """
+
+    def __init__(self, run_dir: Path, wandb_cfg: WandbConfig, name: str, config: dict, enabled: bool = True,
+                 resume_step: int | None = None) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a resumed run drops the rows the interrupted run wrote after its checkpoint
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step] \
+            if resume_step is not None and self.path.is_file() else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if wandb_cfg.mode != "disabled":
+            self._wandb = _init_wandb(Path(run_dir), wandb_cfg, name, config, resume_step is not None)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _init_wandb(run_dir: Path, cfg: WandbConfig, name: str, config: dict, resume: bool):
+    import wandb  # lazy: heavy, and optional for library users
+
+    id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same wandb run
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:8]
+    id_file.write_text(run_id)
+    return wandb.init(project=cfg.project, entity=cfg.entity, name=name, mode=cfg.mode, dir=str(run_dir),
+                      config=config, id=run_id, resume="allow")
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v  # numpy / torch scalars
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of a run's `metrics.jsonl`."""
+    with open(Path(run_dir) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """A tqdm bar over optimizer steps (ETA from tqdm); postfix carries loss and tokens/s."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                desc="sft")

@@ -1,0 +1,248 @@
+"""The supervised trainer: packed thread sequences, one loop that reads top to bottom.
+
+    >>> # from apr.sft import SFTConfig, Trainer
+    >>> # summary = Trainer(cfg, tokenizer).fit()   # -> {"step": ..., "losses": [...], "val/loss": ...}
+
+Each optimizer step: `data` (this process's micro-batches), `forward_backward` (loss only on
+generated tokens, normalised by the step's target count over all processes and micro-batches),
+`optimizer` (clip, AdamW, schedule); then, when due, `eval` (validation loss and the optional
+`evaluate(model, tokenizer, step) -> dict` hook, main process only) and `checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apr.config import ConfigError, to_dict
+from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
+from apr.sft import checkpoint as ckpt
+from apr.sft.config import SFTConfig
+from apr.sft.data import FitReport, Sequence, fit_to_window, load_split
+from apr.sft.metrics import MetricsLog, progress_bar, timer
+from apr.sft.packing import PackedLoader, eval_batches
+from apr.sft.strategy import STRATEGIES
+from apr.sft.validate import loss_sums
+
+EvalHook = Callable[[object, object, int], dict]
+SHOWN = ("val/loss", "eval/solve_rate", "time/eval_hook_s")  # printed; everything goes to metrics.jsonl
+
+
+@dataclass
+class TrainData:
+    train: list[Sequence]
+    val: list[Sequence]
+    reports: dict[str, FitReport]
+
+
+def prepare_data(cfg: SFTConfig, tokenizer) -> TrainData:
+    """Train and validation sequences fitted to `data.max_seq_len` (fails before any training)."""
+    train, train_report = fit_to_window(load_split(cfg.data, "train", tokenizer, cfg.data.max_train_records),
+                                        cfg.data, "train")
+    val_path = Path(cfg.data.dir) / "val" / f"{cfg.data.solver}.jsonl"
+    val, reports = [], {"train": train_report}
+    if val_path.is_file() and val_path.stat().st_size > 0:
+        val, reports["val"] = fit_to_window(load_split(cfg.data, "val", tokenizer, cfg.data.max_val_records),
+                                            cfg.data, "val")
+    return TrainData(train, val, reports)
+
+
+class Trainer:
+    """Supervised training of a Llama model on solver threads (see the module docstring)."""
+
+    def __init__(self, cfg: SFTConfig, tokenizer, evaluate: EvalHook | None = None,
+                 data: TrainData | None = None) -> None:
+        self.cfg, self.tokenizer, self.evaluate_hook = cfg, tokenizer, evaluate
+        self.data = data
+        self.run_dir = Path(cfg.run_dir)
+        self.step = 0  # optimizer steps done
+        self.position = (0, 0)  # data position of the next step: (epoch, step in epoch)
+        self.times: dict = {}
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to `total_steps`; returns the final metrics and every step's loss of this run."""
+        with timer("setup", self.times):
+            self.setup()
+        losses, last_eval = [], {}
+        batches = self.loader.iterate(*self.position)
+        bar = progress_bar(self.total_steps, self.step, self.cfg.log.progress and self.strategy.is_main)
+        while self.step < self.total_steps:
+            times: dict = {}
+            t0 = time.perf_counter()
+            with timer("data", times):
+                epoch, step_in_epoch, micro = next(batches)
+            with timer("forward_backward", times):
+                loss, num_tokens = self.forward_backward(micro)
+            with timer("optimizer", times):
+                grad_norm = self.strategy.step()
+            self.step, self.position = self.step + 1, (epoch, step_in_epoch + 1)
+            losses.append(loss)
+            step_s = time.perf_counter() - t0  # tokens/s counts training work only
+            if self.is_due(self.cfg.eval.every_steps):
+                with timer("eval", times):
+                    last_eval = self.run_eval()
+            if self.is_due(self.cfg.checkpoint.every_steps) and self.step < self.total_steps:
+                with timer("checkpoint", times):
+                    self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}")
+            self.record_step(loss, grad_norm, num_tokens, step_s, times, epoch, bar)
+        bar.close()
+        return self.finish(losses, last_eval)
+
+    def finish(self, losses: list[float], last_eval: dict) -> dict:
+        if not last_eval or last_eval.get("step") != self.step:
+            last_eval = self.run_eval()
+        final = self.save(self.run_dir / "final")
+        self.log.close()
+        summary = {**last_eval, "step": self.step, "losses": losses, "final": str(final)}
+        self.say(f"done: step {self.step}, " + ", ".join(f"{k} {last_eval[k]:.4f}" for k in SHOWN if k in last_eval)
+                 + f"; checkpoint {final}")
+        self.strategy.close()
+        return summary
+
+    # ---- phases -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.strategy = STRATEGIES[cfg.train.strategy](cfg.train, cfg.optim)
+        _seed_everything(cfg.seed, cfg.train.num_threads)
+        self.data = self.data or prepare_data(cfg, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        s = self.strategy
+        self.loader = PackedLoader(self.data.train, cfg.data.max_seq_len, pad, cfg.train.batch_rows,
+                                   cfg.train.grad_accum_steps, cfg.seed, s.rank, s.world_size)
+        self.val_batches = eval_batches(self.data.val, cfg.data.max_seq_len, pad, cfg.train.batch_rows,
+                                        s.rank, s.world_size)
+        self.total_steps = cfg.train.max_steps or cfg.train.num_epochs * self.loader.steps_in_epoch(0)
+        resume_from = ckpt.latest(self.run_dir) if cfg.resume else None
+        if cfg.resume and resume_from is None:
+            self.say(f"resume=true but no checkpoint in {self.run_dir}: starting from step 0")
+        model = self.load_or_build_model(resume_from)
+        s.setup(model, self.total_steps)
+        if resume_from is not None:
+            state = ckpt.load(resume_from, s)
+            self.step, self.position = state["step"], tuple(state["position"])
+        self.write_run_files(model, resume_from)
+        self.log = MetricsLog(self.run_dir, cfg.wandb, cfg.name, to_dict(cfg), s.is_main,
+                              resume_step=self.step if resume_from is not None else None)
+
+    def load_or_build_model(self, resume_from: Path | None):
+        cfg = self.cfg
+        if resume_from is None:
+            return build_for_tokenizer(cfg.model, self.tokenizer, seed=cfg.seed).train()
+        saved = json.loads((resume_from / ckpt.STATE_FILE).read_text()).get("model")
+        if saved is not None and saved != to_dict(cfg.model):
+            raise ConfigError(f"model: got {to_dict(cfg.model)}; accepted: the model of the checkpoint being "
+                              f"resumed ({resume_from}): {saved}")
+        model, _ = load_checkpoint(resume_from, cfg.model.attn_implementation)
+        return model.train()
+
+    def forward_backward(self, micro) -> tuple[float, int]:
+        """Gradients of one step; returns (mean token loss, non-padding tokens) over all processes."""
+        s = self.strategy
+        (num_targets,) = s.all_reduce_sum([sum(b.num_targets for b in micro)])
+        loss = 0.0
+        for j, batch in enumerate(micro):
+            loss = loss + s.forward_backward(batch, int(num_targets), is_last=j == len(micro) - 1)
+        total_loss, num_tokens = s.all_reduce_sum([float(loss), sum(b.num_tokens for b in micro)])
+        return total_loss, int(num_tokens)
+
+    def run_eval(self) -> dict:
+        """Validation loss over all processes; then the evaluate hook on the main process."""
+        s, metrics = self.strategy, {"step": self.step}
+        if self.val_batches:
+            model = s.model if s.name == "deepspeed" else s.module  # ZeRO-3 forwards are collective
+            total, count = s.all_reduce_sum(list(loss_sums(model, self.val_batches, s.device,
+                                                           self.cfg.train.precision)))
+            metrics["val/loss"] = total / max(count, 1)
+        if self.evaluate_hook is not None and s.is_main:
+            metrics.update(self.run_hook())
+        s.barrier()
+        self.log.log({k: v for k, v in metrics.items() if k != "step"}, self.step)
+        self.say(f"step {self.step}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN if k in metrics))
+        return metrics
+
+    def run_hook(self) -> dict:
+        """The evaluate hook on the full model in eval mode, without gradients (main process)."""
+        import torch
+
+        if self.cfg.train.strategy == "deepspeed" and self.cfg.train.zero_stage == 3:
+            self.say("evaluate hook skipped: parameters are partitioned under ZeRO-3")
+            return {}
+        t = time.perf_counter()
+        model = self.strategy.module
+        model.eval()
+        with torch.no_grad():
+            out = self.evaluate_hook(model, self.tokenizer, self.step)
+        model.train()
+        return {**{f"eval/{k}": v for k, v in out.items()}, "time/eval_hook_s": time.perf_counter() - t}
+
+    def save(self, path: Path) -> Path:
+        state = {"step": self.step, "position": list(self.position), "total_steps": self.total_steps,
+                 "model": to_dict(self.cfg.model), "seed": self.cfg.seed}
+        out = ckpt.save(path, self.strategy, self.tokenizer, state)
+        if self.strategy.is_main:
+            ckpt.prune(self.run_dir, self.cfg.checkpoint.keep_last)
+        return out
+
+    # ---- bookkeeping --------------------------------------------------------------------------------
+    def record_step(self, loss, grad_norm, num_tokens, step_s, times, epoch, bar) -> None:
+        tokens_per_s = num_tokens / max(step_s, 1e-9)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        bar.update(1)
+        if self.step % self.cfg.log.every_steps == 0 or self.step == self.total_steps:
+            slots = self.cfg.train.batch_rows * self.cfg.train.grad_accum_steps * self.strategy.world_size
+            self.log.log({"train/loss": loss, "train/lr": self.strategy.lr, "train/grad_norm": grad_norm,
+                          "train/tokens": num_tokens, "train/tokens_per_s": tokens_per_s,
+                          "train/packing": num_tokens / (slots * self.cfg.data.max_seq_len),
+                          "train/epoch": epoch, "time/step_s": step_s, **times}, self.step)
+
+    def is_due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def write_run_files(self, model, resume_from: Path | None) -> None:
+        if not self.strategy.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+        params = count_parameters(model)
+        info = {"parameters": params, "total_steps": self.total_steps, "resumed_from": str(resume_from or ""),
+                "world_size": self.strategy.world_size, "strategy": self.strategy.name,
+                "data": {k: r.to_dict() for k, r in self.data.reports.items()},
+                "packing_efficiency_epoch0": _epoch_packing(self.loader, self.cfg.data.max_seq_len),
+                "num_train_sequences": len(self.data.train), "num_val_sequences": len(self.data.val)}
+        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+        rep = self.data.reports["train"]
+        self.say(f"model {self.cfg.model.name}: {params['non_embedding']:,} non-embedding parameters; "
+                 f"{len(self.data.train):,} train threads ({rep.num_dropped} dropped, {rep.num_truncated} truncated "
+                 f"as longer than data.max_seq_len={self.cfg.data.max_seq_len}); {self.total_steps} steps"
+                 + (f"; resuming at step {self.step} from {resume_from}" if resume_from else ""))
+
+    def say(self, msg: str) -> None:
+        if self.strategy.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(f"[sft] {msg}")  # keeps the progress bar intact
+
+
+def _epoch_packing(loader: PackedLoader, row_len: int) -> float:
+    rows = loader.epoch_rows(0)
+    return sum(len(loader.seqs[i]) for row in rows for i in row) / (len(rows) * row_len)
+
+
+def _seed_everything(seed: int, num_threads: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+__all__ = ["EvalHook", "TrainData", "Trainer", "prepare_data"]

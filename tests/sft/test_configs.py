@@ -1,0 +1,60 @@
+"""conf/sft.yaml composes with every model, solver, strategy and experiment, into a valid SFTConfig."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from apr.cli.common import to_container
+from apr.config import ConfigError, from_dict
+from apr.sft import SFTConfig
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "sft").glob("*.yaml"))
+
+
+def compose_sft(overrides):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return to_container(compose("sft", overrides=overrides))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("solver", ["sosp", "apr"])
+def test_sft_config_composes(model, solver):
+    c = compose_sft([f"model={model}", f"data.solver={solver}", "train.strategy=deepspeed"])
+    cfg = from_dict(SFTConfig, c, "")
+    assert cfg.model.name == model and cfg.name == f"{model}_{solver}"
+    assert cfg.run_dir == f"runs/sft/{model}_{solver}"
+    assert cfg.eval.limits["max_thread_tokens"] == cfg.data.max_seq_len == cfg.eval.engine["max_seq_len"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_configs_compose(experiment):
+    cfg = from_dict(SFTConfig, compose_sft([f"+sft={experiment}"]), "")
+    model, solver = experiment.split("_")[1:]
+    assert (cfg.model.name, cfg.data.solver) == (model, solver)
+    assert cfg.data.max_seq_len <= cfg.model.max_position_embeddings
+
+
+@pytest.mark.parametrize("override, field", [
+    ("data.solver=greedy", "data.solver"),
+    ("train.precision=fp16", "train.precision"),
+    ("train.strategy=fsdp", "train.strategy"),
+    ("train.zero_stage=4", "train.zero_stage"),
+    ("data.max_seq_len=4096", "data.max_seq_len"),  # tiny: max_position_embeddings 2048
+    ("optim.lr=0", "optim.lr"),
+    ("data.overlong=wrap", "data.overlong"),
+    ("+train.bogus=1", "train.bogus"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        from_dict(SFTConfig, compose_sft([override]), "")
+
+
+def test_unknown_model_lists_the_presets():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="model/nope") as e:
+        compose_sft(["model=nope"])
+    assert all(m in str(e.value) for m in MODELS)
