@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export RAY_AUTH_MODE ?= disabled
+# torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart test lint bench-data clean
+.PHONY: install quickstart test lint bench-data bench-engine bench-sft clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +35,12 @@ lint: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/bench_datagen.py
+
+bench-engine: $(STAMP)
+	$(BIN)/python benchmarks/bench_engine.py
+
+bench-sft: $(STAMP)
+	$(BIN)/python benchmarks/bench_sft.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"data": "apr.cli.data", "solve": "apr.cli.solve", "eval": "apr.cli.eval"}
+COMMANDS = {"data": "apr.cli.data", "solve": "apr.cli.solve", "eval": "apr.cli.eval", "sft": "apr.cli.sft"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: apr {" + ",".join(COMMANDS) + "} [options]\n"
               "  data   generate Countdown problems, SoS+/APR traces and statistics (Hydra overrides)\n"
+              "  sft    train a model on solver traces (Hydra overrides, e.g. +sft=n3_tiny_sosp)\n"
               "  eval   evaluate checkpoints on held-out problems (Hydra overrides: models.<name>=<dir>)\n"
               "  solve  solve a Countdown problem with a trained model: apr solve --model DIR --numbers 22 26 31 53 --target 27")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)

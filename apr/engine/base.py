@@ -134,8 +134,11 @@ class Completion:
     output_ids: list[int]  # generated tokens, including the matched stop token
     logprobs: list[float]
     finish_reason: str  # FinishReason.STOP | LENGTH | ABORT
-    num_prompt_tokens: int  # ids this request appended (a new sequence: the whole prompt)
-    num_cached_tokens: int  # prompt positions whose KV came from a kept or shared cache
+    # prompt positions this request prefilled: a new sequence its prompt (an n-sample follower 0:
+    # its prompt KV is copied from sample 0), a continuation its appended ids (plus, if its kept
+    # KV was evicted for room, the re-prefilled context)
+    num_prompt_tokens: int
+    num_cached_tokens: int  # positions whose KV came from a kept or shared cache
     first_token_s: float = float("nan")  # submit -> first generated token, seconds
     finished_s: float = float("nan")  # submit -> finished, seconds
 
