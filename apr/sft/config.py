@@ -140,6 +140,7 @@ class SFTConfig:
     run_dir: str = "runs/sft/sft"
     seed: int = 0
     resume: bool = False  # continue from the newest checkpoint in run_dir (exactly)
+    overwrite: bool = False  # allow a fresh run in a run_dir that already holds one (its files are replaced)
 
     def __post_init__(self) -> None:
         check(self.data.max_seq_len <= self.model.max_position_embeddings, "data.max_seq_len",

@@ -105,3 +105,12 @@ def test_resume_refuses_another_model(four_steps, data_dir, data_tokenizer):
     other = small_cfg(data_dir, cfg.run_dir, resume=True, model={"hidden_size": 64}, train={"max_steps": 5})
     with pytest.raises(ConfigError, match="^model: .*the model of the checkpoint being resumed"):
         Trainer(other, data_tokenizer).fit()
+
+
+def test_fresh_run_refuses_to_clobber_an_earlier_run(four_steps, data_dir, data_tokenizer):
+    cfg, _, _ = four_steps
+    metrics_before = (Path(cfg.run_dir) / "metrics.jsonl").read_text()
+    again = small_cfg(data_dir, cfg.run_dir, train={"max_steps": 4})
+    with pytest.raises(ConfigError, match="run_dir: .*already holds a run.*resume=true"):
+        Trainer(again, data_tokenizer).fit()
+    assert (Path(cfg.run_dir) / "metrics.jsonl").read_text() == metrics_before  # nothing was touched
