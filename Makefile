@@ -23,9 +23,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# N=3 Countdown: data, a tiny SoS+ model (~10 min of CPU), held-out evaluation. Re-running resumes.
+QS := runs/quickstart
 quickstart: $(STAMP)
-	$(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=200 data.num_val=20 data.num_test=20 data.out_dir=runs/quickstart/data
-	@echo "statistics: runs/quickstart/data/stats.md"
+	@test -f $(QS)/data/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=20000 \
+		data.num_val=200 data.num_test=200 data.out_dir=$(QS)/data
+	@test -f $(QS)/sft/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n3_tiny_sosp name=quickstart \
+		data.dir=$(QS)/data run_dir=$(QS)/sft resume=true
+	$(BIN)/python -m apr.cli.eval models.sosp=$(QS)/sft/final data_dir=$(QS)/data num_problems=200 \
+		out_dir=$(QS)/eval eval.max_thread_tokens=512 'eval.windows=[256,384,512]'
+	@echo "data: $(QS)/data/stats.md  model: $(QS)/sft/final  evaluation: $(QS)/eval/results.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
