@@ -21,3 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[argv[0]])
     sys.argv = [f"apr {argv[0]}"] + argv[1:]
     module.main()
+
+
+if __name__ == "__main__":
+    main()
