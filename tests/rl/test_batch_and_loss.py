@@ -1,0 +1,63 @@
+"""Rollouts -> sequences token-exact; the policy loss on a tiny model."""
+
+import pytest
+import torch
+
+from apr.engine.scripted import ScriptedEngine
+from apr.model import ModelConfig, build_model
+from apr.protocol import ProtocolIds, render_tree
+from apr.rl.batch import sequences_from_trees, token_logprobs
+from apr.rl.loss import PolicyLossConfig, policy_loss
+from apr.runtime import Runtime, RuntimeConfig
+from apr.search import SearchConfig, solve
+from apr.task import CountdownConfig, generate_problems
+
+
+@pytest.fixture(scope="module")
+def trees(tokenizer):
+    problems = generate_problems(CountdownConfig(num_numbers=4), 2, seed=4)
+    rendered = [render_tree(solve(p, SearchConfig("apr", promising_prob=1.0), seed=i).trace, tokenizer)
+                for i, p in enumerate(problems)]
+    full = {tuple(t.ids[:t.mask.index(1)]): t.ids for r in rendered for t in r}
+    engine = ScriptedEngine(lambda prompt, ctx: full[prompt][len(ctx)])
+    rt = Runtime(engine, ProtocolIds.from_tokenizer(tokenizer), RuntimeConfig(max_thread_tokens=100_000))
+    return rt.run([r[0].ids[:r[0].mask.index(1)] for r in rendered], num_samples=2), rendered
+
+
+def test_sequences_are_token_exact_with_credit(trees):
+    out, rendered = trees
+    batch = sequences_from_trees(out, rewards=[1.0, 0.0, 1.0, 1.0], group_ids=[0, 0, 1, 1])
+    expected = [t for k in (0, 0, 1, 1) for t in rendered[k]]
+    assert batch.ids.shape[0] == len(expected)
+    for i, t in enumerate(expected):
+        n = len(t.ids)
+        assert batch.ids[i, :n].tolist() == t.ids and batch.mask[i, :n].tolist() == t.mask
+        assert batch.mask[i, n:].sum() == 0
+    # every thread of a tree carries the tree's GRPO advantage; problem 1's group is all-equal -> 0
+    owners = batch.tree_index.tolist()
+    adv = batch.advantages.tolist()
+    a0 = [a for a, o in zip(adv, owners) if o == 0]
+    a1 = [a for a, o in zip(adv, owners) if o == 1]
+    assert len(set(a0)) == 1 and a0[0] > 0 and len(set(a1)) == 1 and a1[0] < 0
+    assert all(a == 0 for a, o in zip(adv, owners) if o >= 2)
+    assert batch.seq_weights[0].item() == pytest.approx(1 / out[0].metrics()["num_threads"])
+    assert (batch.old_logprobs[batch.mask == 0] == 0).all()
+
+
+def test_policy_loss_on_tiny_model(trees, tokenizer):
+    out, _ = trees
+    model = build_model(ModelConfig("t", 32, 1, 2, None, 64, 4096), len(tokenizer))
+    batch = sequences_from_trees(out, rewards=[1.0, 0.0, 1.0, 0.0], group_ids=[0, 0, 1, 1])
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, batch.ids)
+    batch.old_logprobs = logp * batch.mask  # on-policy: ratio 1
+    cfg = PolicyLossConfig(kl_coef=0.0)
+    loss, m = policy_loss(model, batch, cfg, ref_logprobs=logp.detach())
+    assert m["rl/clip_frac"] == 0.0 and m["rl/kl"] == pytest.approx(0.0, abs=1e-6)
+    # on-policy PPO-clip loss = -token-mean of the advantages
+    expected = -(batch.advantages[:, None] * batch.mask).sum() / batch.mask.sum()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    paper = PolicyLossConfig(aggregation="seq_mean_per_rollout")
+    assert torch.isfinite(policy_loss(model, batch, paper, ref_logprobs=logp.detach())[0])
