@@ -1,0 +1,286 @@
+"""Owns the local engine loop: continuous batching of `Request`s over an HF Llama in torch.
+
+One `step` = admit queued requests and prefill them in one padded forward (their first token
+is sampled from it) + one decode forward for every sequence already running. Finished
+requests leave the batch at the end of the step; queued ones join at the next.
+
+    >>> from apr.model.config import ModelConfig, build_model
+    >>> from apr.engine.base import Request, SamplingParams
+    >>> model = build_model(ModelConfig.preset("tiny"), vocab_size=100)
+    >>> engine = LocalEngine(model, LocalEngineConfig(max_batch_size=8, max_seq_len=64))
+    >>> engine.submit(Request("a", [2, 5, 9], SamplingParams(temperature=0.0, max_new_tokens=4)))
+    >>> [c.finish_reason for c in engine.run_until_done()]
+    ['length']
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from apr.config import ConfigError, check, fail
+from apr.engine.base import Completion, EngineStats, FinishReason, Request
+from apr.engine.kv_cache import KVCache
+from apr.engine.llama import ForwardBatch, LlamaRunner
+from apr.engine.sampler import sample
+from apr.engine.scheduler import Scheduler
+from apr.engine.sequence import SeqStatus, Sequence
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LocalEngineConfig:
+    """Sizes and placement of the local engine (validated; errors name `engine.<field>`).
+
+    KV memory = num_slots x max_seq_len x layers x 2 x kv_heads x head_dim x dtype bytes
+    (tiny preset, 128 slots x 2,048 positions, fp32: 1 GiB).
+    """
+
+    max_batch_size: int = 64  # sequences decoded together in one forward
+    max_seq_len: int = 2048  # positions per sequence (prompt + generated + appended)
+    num_slots: int | None = None  # KV slots, running + suspended sequences; None: 2 x max_batch_size
+    max_prefill_tokens: int = 4096  # padded tokens per prefill forward (more requests wait a step)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (weights, activations and KV)
+    device: str = "cpu"  # any torch device string: cpu, cuda, cuda:1
+    compile: bool = False  # torch.compile the layer stack (dynamic shapes; slow first steps)
+    seed: int = 0  # seeds requests that carry no seed, so whole runs are reproducible
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_seq_len", "max_prefill_tokens"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                  f"engine.{name}", value, "a positive integer")
+        if self.num_slots is None:
+            self.num_slots = 2 * self.max_batch_size
+        check(isinstance(self.num_slots, int) and not isinstance(self.num_slots, bool) and self.num_slots > 0,
+              "engine.num_slots", self.num_slots, "a positive integer or None (2 x max_batch_size)")
+        check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES))
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            fail("engine.device", self.device, "a torch device string such as cpu, cuda or cuda:0")
+        check(isinstance(self.compile, bool), "engine.compile", self.compile, "true or false")
+        check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "engine.seed", self.seed,
+              "an integer")
+
+
+class LocalEngine:
+    """Continuous-batching engine over an HF `LlamaForCausalLM` (see the module docstring).
+
+    The model is used in place (moved to `config.device` / `config.dtype`); its weights are
+    read by reference at every step, so in-place updates between steps take effect at once.
+    """
+
+    def __init__(self, model, config: LocalEngineConfig | None = None) -> None:
+        self.config = config = config or LocalEngineConfig()
+        dtype = _DTYPES[config.dtype]
+        self.device = torch.device(config.device)
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        mcfg = model.config
+        head_dim = getattr(mcfg, "head_dim", None) or mcfg.hidden_size // mcfg.num_attention_heads
+        self.vocab_size = mcfg.vocab_size
+        self.kv = KVCache(mcfg.num_hidden_layers, config.num_slots, mcfg.num_key_value_heads, config.max_seq_len,
+                          head_dim, dtype, self.device)
+        self.runner = LlamaRunner(self.model, self.kv, compile=config.compile)
+        self.scheduler = Scheduler(self.kv, config.max_batch_size, config.max_prefill_tokens)
+        self.stats = EngineStats()
+        self._seed_rng = random.Random(config.seed)
+        self._ready: list[Completion] = []  # finished outside a forward (abort, too long), returned next step
+        self._active: set[str] = set()  # ids of queued and running sequences
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str = "float32", **config) -> LocalEngine:
+        """Load an HF Llama directory. Example: `LocalEngine.from_pretrained("runs/sft/model", max_batch_size=32)`."""
+        from transformers import LlamaForCausalLM
+
+        cfg = LocalEngineConfig(device=device, dtype=dtype, **config)
+        model = LlamaForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype])
+        return cls(model, cfg)
+
+    # ---- the Engine interface --------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; it joins the batch at the next `step`. Bad requests raise `ConfigError`.
+
+        A request longer than `max_seq_len` (prompt, or kept context + appended ids) is not an
+        error: it finishes at the next step with finish_reason "length" and no tokens (a resumed
+        sequence is released). Runtimes treat it like any context-exhausted thread.
+        """
+        self._validate(request)
+        if request.resume_id is not None:
+            seq = self.scheduler.suspended.pop(request.resume_id)
+            seq.start_request(request.request_id, request.prompt_ids, request.params, request.keep_cache,
+                              self._rng(request.params.seed, 0))
+            group = [seq]
+        else:
+            group = []
+            for i, seq_id in enumerate(request.sample_ids()):
+                group.append(Sequence(seq_id, list(request.prompt_ids), request.params, request.keep_cache,
+                                      self._rng(request.params.seed, i), request_id=request.request_id))
+        if group[0].num_tokens > self.config.max_seq_len:
+            for seq in group:
+                if seq.slot is not None:
+                    self.kv.free(seq.slot)
+                seq.slot, seq.status, seq.finish_reason = None, SeqStatus.FINISHED, FinishReason.LENGTH
+                self._ready.append(seq.to_completion())
+            return
+        self._active.update(s.seq_id for s in group)
+        self.scheduler.add(group)
+
+    def step(self) -> list[Completion]:
+        """Admit + prefill queued requests, decode one token for the running ones; return what finished."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            aborted = [s for s in self.scheduler.running if s.is_abort_requested]
+            for seq in aborted:
+                seq.finish_reason = FinishReason.ABORT
+            completions, self._ready = self._ready, []
+            completions += [self._end(s) for s in aborted]
+            self.scheduler.retire(aborted)
+            num_old = len(self.scheduler.running)
+            groups = self.scheduler.admit()
+            if groups:
+                self._prefill(groups)
+            if num_old:
+                self._decode(self.scheduler.running[:num_old])
+            done = [s for s in self.scheduler.running if s.finish_reason is not None]
+            completions += [self._end(s) for s in done]
+            self.scheduler.retire(done)
+        self.stats.num_steps += 1
+        self.stats.num_evictions = self.scheduler.num_evictions
+        self.stats.num_kv_copies = self.kv.num_copies
+        self.stats.step_s += time.perf_counter() - start
+        return completions
+
+    def has_work(self) -> bool:
+        return bool(self._ready or self.scheduler.waiting or self.scheduler.running)
+
+    def run_until_done(self) -> list[Completion]:
+        """Step until nothing is queued or running; completions in finishing order."""
+        out: list[Completion] = []
+        while self.has_work():
+            out += self.step()
+        return out
+
+    def release(self, request_id: str) -> None:
+        """Drop the kept KV of finished request `request_id`; a no-op if nothing is kept under that id.
+
+        Idempotent on purpose: a runtime releases every thread it finishes, including ones
+        whose request aborted (never kept) or was already resumed.
+        """
+        if request_id in self.scheduler.suspended:
+            self.scheduler.release(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """End a queued or running request (or all samples of an n-request) with "abort".
+
+        Its completion (tokens so far) comes out of the next `step`; its KV is never kept.
+        A kept cache of a finished request is released; unknown ids are ignored (it may
+        have finished in the meantime).
+        """
+        for seq in self.scheduler.remove_waiting(request_id):
+            seq.finish_reason = FinishReason.ABORT
+            self._active.discard(seq.seq_id)
+            self._ready.append(seq.to_completion())
+        for seq in self.scheduler.running:
+            if request_id in (seq.seq_id, seq.request_id):
+                seq.is_abort_requested = True
+        if request_id in self.scheduler.suspended:
+            self.scheduler.release(request_id)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _validate(self, request: Request) -> None:
+        if not isinstance(request, Request):
+            raise ConfigError(f"request: got {type(request).__name__}; accepted: an apr.engine.Request")
+        for seq_id in request.sample_ids():
+            is_kept = seq_id in self.scheduler.suspended and seq_id != request.resume_id
+            check(seq_id not in self._active and not is_kept, "request.request_id", seq_id,
+                  "an id not used by a queued, running or kept request")
+        if request.resume_id is not None:
+            check(request.resume_id in self.scheduler.suspended, "request.resume_id", request.resume_id,
+                  "the id of a finished request that had keep_cache=True and was not released")
+        bad = [i for i in request.prompt_ids if i >= self.vocab_size]
+        check(not bad, "request.prompt_ids", bad[:5], f"token ids below the vocabulary size {self.vocab_size}")
+        check(request.n <= min(self.config.max_batch_size, self.config.num_slots), "request.n", request.n,
+              "at most engine.max_batch_size and engine.num_slots")
+
+    def _rng(self, seed: int | None, index: int) -> random.Random:
+        return random.Random(self._seed_rng.getrandbits(63) if seed is None else seed + index)
+
+    def _end(self, seq: Sequence) -> Completion:
+        """Mark a sequence leaving the batch as suspended (KV kept) or finished."""
+        keep = seq.keep_cache and seq.finish_reason != FinishReason.ABORT
+        seq.status = SeqStatus.SUSPENDED if keep else SeqStatus.FINISHED
+        self._active.discard(seq.seq_id)
+        return seq.to_completion()
+
+    def _forward(self, batch: ForwardBatch) -> torch.Tensor:
+        start = time.perf_counter()
+        logits = self.runner.forward(batch)  # (B, V)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # otherwise the time lands in sampling
+        self.stats.forward_s += time.perf_counter() - start
+        self.stats.num_forward_calls += 1
+        return logits
+
+    def _prefill(self, groups: list[list[Sequence]]) -> None:
+        leaders = [g[0] for g in groups]
+        lengths = [s.num_pending for s in leaders]
+        width = max(lengths)
+        ids = torch.zeros(len(leaders), width, dtype=torch.long)  # (k, T) right-padded
+        positions = torch.zeros(len(leaders), width, dtype=torch.long)  # (k, T)
+        for r, seq in enumerate(leaders):
+            n = lengths[r]
+            ids[r, :n] = torch.tensor(seq.token_ids[seq.num_cached:])
+            positions[r, :n] = torch.arange(seq.num_cached, seq.num_tokens)
+        kv_len = torch.tensor([s.num_tokens for s in leaders])  # (k,)
+        valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]  # (k, T)
+        batch = ForwardBatch(ids.to(self.device), positions.to(self.device), leaders[0].slot,
+                             kv_len.to(self.device), int(kv_len.max()),
+                             (torch.tensor(lengths) - 1).to(self.device), valid.to(self.device))
+        logits = self._forward(batch)  # (k, V)
+        self.stats.num_prefill_tokens += sum(lengths)
+        rows, seqs = [], []
+        for r, group in enumerate(groups):
+            leader = group[0]
+            # a continuation's first pending position is its last sampled token, not a prompt token
+            leader.num_prompt_tokens = leader.num_pending - (1 if leader.is_continuation else 0)
+            leader.num_cached = leader.num_tokens
+            for follower in group[1:]:  # n samples: share the prompt KV instead of recomputing it
+                self.kv.copy(leader.slot, follower.slot, leader.num_tokens)
+                follower.num_cached = follower.num_cached_at_start = leader.num_tokens
+            rows += [r] * len(group)
+            seqs += group
+        cached = sum(s.num_cached_at_start for s in seqs)
+        self.stats.num_cached_tokens += cached
+        if rows != list(range(len(rows))):
+            logits = logits[torch.tensor(rows, device=self.device)]  # (N, V): followers reuse their leader's row
+        self._sample(logits, seqs)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        num = len(seqs)
+        pos = [s.num_cached for s in seqs]
+        ids = torch.tensor([s.token_ids[-1] for s in seqs], device=self.device).view(num, 1)  # (B, 1)
+        positions = torch.tensor(pos, device=self.device).view(num, 1)  # (B, 1)
+        kv_len = positions[:, 0] + 1  # (B,)
+        batch = ForwardBatch(ids, positions, 0, kv_len, max(pos) + 1,
+                             torch.zeros(num, dtype=torch.long, device=self.device))
+        logits = self._forward(batch)  # (B, V)
+        for seq in seqs:
+            seq.num_cached += 1
+        self.stats.num_decode_tokens += len(seqs)
+        self._sample(logits, seqs)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        params = [s.params for s in seqs]
+        uniforms = [0.0 if p.temperature == 0 else s.rng.random() for s, p in zip(seqs, params)]
+        tokens, logprobs = sample(logits, params, uniforms)
+        max_len = self.config.max_seq_len
+        for seq, token, logprob in zip(seqs, tokens, logprobs):
+            seq.append_token(token, logprob, max_len)
+        self.stats.num_generated_tokens += len(seqs)

@@ -1,0 +1,150 @@
+"""Owns who runs: the waiting queue, the running batch, suspended sequences, and slot placement.
+
+Invariant: the running sequence at batch index i lives in KV slot i, so a decode step reads
+rows `[0, B)` as one view. Admission places newcomers in rows `[B, B + k)` (group leaders
+first, n-sample followers after them); retirement fills holes left by finished sequences with
+the last running ones. When every slot is taken, a new request waits; if suspended sequences
+hold the slots, the least recently used one is evicted (its KV dropped, its tokens kept,
+re-prefilled when resumed), so a full pool never deadlocks.
+
+    >>> sched = Scheduler(kv, max_batch_size=64, max_prefill_tokens=4096)   # doctest: +SKIP
+    >>> sched.add([seq]); groups = sched.admit()                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from apr.engine.kv_cache import KVCache
+from apr.engine.sequence import SeqStatus, Sequence
+
+
+class Scheduler:
+    """Queue -> running batch -> suspended / finished, with slots kept in row order."""
+
+    def __init__(self, kv: KVCache, max_batch_size: int, max_prefill_tokens: int) -> None:
+        self.kv = kv
+        self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
+        self.waiting: deque[list[Sequence]] = deque()  # groups: [leader, *n-sample followers]
+        self.running: list[Sequence] = []  # running[i].slot == i
+        self.suspended: dict[str, Sequence] = {}  # by the id of the request that left them
+        self.num_evictions = 0
+        self.num_steps = 0
+
+    # ---- admission -------------------------------------------------------------------------
+
+    def add(self, group: list[Sequence]) -> None:
+        self.waiting.append(group)
+
+    def admit(self) -> list[list[Sequence]]:
+        """Move queued groups into the batch (FIFO) while batch, slots and prefill budget allow."""
+        self.num_steps += 1
+        chosen: list[list[Sequence]] = []
+        num_rows = len(self.running)
+        num_new_slots = 0
+        max_pending = 0
+        while self.waiting:
+            group = self.waiting[0]
+            if num_rows + len(group) > self.max_batch_size:
+                break
+            pending = max(max_pending, group[0].num_pending)
+            # padded prefill cost: every leader row is padded to the longest one
+            if chosen and pending * (len(chosen) + 1) > self.max_prefill_tokens:
+                break
+            need = num_new_slots + sum(s.slot is None for s in group)
+            if need > self.kv.num_free and not self._evict(need - self.kv.num_free):
+                break
+            self.waiting.popleft()
+            chosen.append(group)
+            num_rows += len(group)
+            num_new_slots = need
+            max_pending = pending
+        if chosen:
+            self._place(chosen)
+        return chosen
+
+    def _evict(self, count: int) -> bool:
+        """Drop the KV of `count` least recently used suspended sequences; False if too few."""
+        victims = sorted((s for s in self.suspended.values() if s.slot is not None), key=lambda s: s.last_used)
+        if len(victims) < count:
+            return False
+        for seq in victims[:count]:
+            self.kv.free(seq.slot)
+            seq.slot, seq.num_cached = None, 0
+            self.num_evictions += 1
+        return True
+
+    def _place(self, groups: list[list[Sequence]]) -> None:
+        order = [g[0] for g in groups] + [s for g in groups for s in g[1:]]
+        start = len(self.running)
+        for i, seq in enumerate(order):
+            self._take_row(seq, start + i)
+            seq.status = SeqStatus.RUNNING
+        self.running.extend(order)
+
+    def _take_row(self, seq: Sequence, row: int) -> None:
+        occupant = self.kv.owner[row]
+        if occupant is seq:
+            return
+        if seq.slot is not None:
+            self._swap(seq.slot, row)
+            return
+        if occupant is not None:  # a suspended (or not yet placed) sequence: move it out of the way
+            # the highest free slot is the least likely to be wanted by the batch rows next
+            self._swap(row, max(self.kv.free_slots()))
+        self.kv.assign(row, seq)
+        seq.slot = row
+
+    def _swap(self, a: int, b: int) -> None:
+        sa, sb = self.kv.owner[a], self.kv.owner[b]
+        self.kv.swap(a, b, sa.num_cached if sa else 0, sb.num_cached if sb else 0)
+        if sa is not None:
+            sa.slot = b
+        if sb is not None:
+            sb.slot = a
+
+    # ---- retirement ------------------------------------------------------------------------
+
+    def retire(self, done: list[Sequence]) -> None:
+        """Take ended sequences out of the batch; each is already marked SUSPENDED or FINISHED."""
+        if not done:
+            return
+        gone = {id(s) for s in done}
+        for seq in done:
+            seq.last_used = self.num_steps
+            if seq.status is SeqStatus.SUSPENDED:
+                self.suspended[seq.seq_id] = seq
+            else:
+                self.kv.free(seq.slot)
+                seq.slot = None
+        stay = [s for s in self.running if id(s) not in gone]
+        size = len(stay)
+        movers = [s for s in stay if s.slot >= size]
+        holes = [row for row in range(size) if self.kv.owner[row] is None or id(self.kv.owner[row]) in gone]
+        for seq, hole in zip(movers, holes):
+            self._swap(seq.slot, hole)
+        self.running = [self.kv.owner[row] for row in range(size)]
+
+    def release(self, seq_id: str) -> Sequence:
+        seq = self.suspended.pop(seq_id)
+        if seq.slot is not None:
+            self.kv.free(seq.slot)
+        seq.slot, seq.status = None, SeqStatus.FINISHED
+        return seq
+
+    def remove_waiting(self, seq_id: str) -> list[Sequence]:
+        """Take the sequences of `seq_id` (a request id or one sample id) out of the queue."""
+        removed: list[Sequence] = []
+        for group in list(self.waiting):
+            hit = [s for s in group if seq_id in (s.seq_id, s.request_id)]
+            for seq in hit:
+                group.remove(seq)
+                if seq.slot is not None:  # a resumed sequence waiting with its kept KV
+                    self.kv.free(seq.slot)
+                    seq.slot = None
+                seq.status = SeqStatus.FINISHED
+            removed += hit
+            if not group:
+                self.waiting.remove(group)
+        return removed

@@ -1,0 +1,15 @@
+"""The examples in the engine's docstrings run."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["apr.engine.base", "apr.engine.kv_cache", "apr.engine.sequence", "apr.engine.sampler",
+           "apr.engine.local"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
