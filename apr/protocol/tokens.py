@@ -79,13 +79,7 @@ class ProtocolIds:
 
     def parse_spawn(self, generated: list[int]) -> list[list[int]]:
         """The messages of the spawn that `generated` ends with (`... <spawn> m1 <sep> m2 </spawn>`)."""
-        if not generated or generated[-1] != self.spawn_end:
-            raise ProtocolError("unterminated spawn: the thread did not end with </spawn>")
-        try:
-            start = len(generated) - 1 - generated[::-1].index(self.spawn)
-        except ValueError:
-            raise ProtocolError("</spawn> without <spawn>") from None
-        body = generated[start + 1:-1]
+        body = self._closing_block(generated, self.spawn, self.spawn_end, "spawn")
         if any(t in self.markup and t != self.sep for t in body):
             raise ProtocolError("markup inside a spawn message")
         messages = _split(body, self.sep)
@@ -95,16 +89,21 @@ class ProtocolIds:
 
     def parse_join(self, generated: list[int]) -> list[int]:
         """The message of the join that `generated` ends with (`... <join> msg </join>`)."""
-        if not generated or generated[-1] != self.join_end:
-            raise ProtocolError("unterminated join: the thread did not end with </join>")
-        try:
-            start = len(generated) - 1 - generated[::-1].index(self.join)
-        except ValueError:
-            raise ProtocolError("</join> without <join>") from None
-        body = generated[start + 1:-1]
+        body = self._closing_block(generated, self.join, self.join_end, "join")
         if any(t in self.markup for t in body):
             raise ProtocolError("markup inside a join message")
         return body
+
+    @staticmethod
+    def _closing_block(generated: list[int], open_id: int, close_id: int, what: str) -> list[int]:
+        """The ids between the last `open_id` and the final `close_id` that `generated` ends with."""
+        if not generated or generated[-1] != close_id:
+            raise ProtocolError(f"unterminated {what}: the thread did not end with </{what}>")
+        try:
+            start = len(generated) - 1 - generated[::-1].index(open_id)
+        except ValueError:
+            raise ProtocolError(f"</{what}> without <{what}>") from None
+        return generated[start + 1:-1]
 
     def parse_events(self, ids: list[int]) -> list[Event]:
         """Split a thread's ids (without its prompt) into events; ProtocolError if malformed."""
