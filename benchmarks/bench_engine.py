@@ -1,13 +1,14 @@
 # Engine throughput: apr's LocalEngine vs HF `generate` (static batch, and one sequence at a time).
 #
-#   .venv/bin/python benchmarks/bench_engine.py           # ~12 min on a 2-core CPU, ~3 GB RAM
-#   .venv/bin/python benchmarks/bench_engine.py --quick   # ~1.5 min: 8 problems, shorter threads
+#   .venv/bin/python benchmarks/bench_engine.py           # ~13 min on an idle 2-core CPU, ~5 GB RAM
+#   .venv/bin/python benchmarks/bench_engine.py --quick   # ~1.5 min: 8 problems, half-length threads
 #
 # Writes runs/bench/engine.json (every measurement), engine.md (table), engine.png (bars).
 # Models: presets `tiny` (~1M) and `small` (~6M non-embedding params), random weights, vocab 2100,
 # the same weights for every side. All sides sample at temperature 1 (no top-k/top-p) with
-# lengths forced (no EOS), so they generate the same tokens counts. Sides alternate A B A B and
-# each figure is the median over repeats.
+# lengths forced (no EOS), so they generate the same token counts. Sides alternate A B A B and
+# each figure is the median over repeats. On a shared machine each run first waits (up to
+# --max-wait-s) for other processes to leave the CPU, and is redone if they came back during it.
 """Decode throughput at fixed concurrency, and an APR-shaped rollout (spawn / join waves)."""
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def local_apr(model, problems: list[Problem]) -> dict:
     s = engine.stats
     return {"tokens": tokens, "wall_s": wall, "forward_s": s.forward_s, "step_s": s.step_s,
             "prefill_tokens": s.num_prefill_tokens, "cached_tokens": s.num_cached_tokens,
-            "evictions": s.num_evictions, "kv_copies": s.num_kv_copies, "forward_calls": s.num_forward_calls}
+            "evictions": s.num_evictions, "kv_copies": s.num_kv_copies, "regroups": s.num_regroups, "forward_calls": s.num_forward_calls}
 
 
 # ---- HF generate ------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def bench_model(preset: str, args, bar) -> dict:
             "hf_serial": lambda p=serial: hf_decode(model, p, args.decode_tokens, 1),
         }, args.repeats, bar, args.max_wait_s)
         report[f"decode@{conc}"] = {k: summary(v) for k, v in res.items()}
-    problems = make_problems(args.problems, args.scale)
+    problems = make_problems(args.problems[preset], args.scale)
     serial = problems[:args.serial_problems]
     res = measure({
         "local": lambda: local_apr(model, problems),
@@ -305,7 +306,7 @@ def plot(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="8 problems, half-length threads, fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="8 problems, half-length threads, one repeat")
     parser.add_argument("--presets", default="tiny,small")
     parser.add_argument("--max-wait-s", type=float, default=120.0,
                         help="per run, how long to wait for other processes to leave the CPU")
@@ -314,7 +315,8 @@ def main() -> None:
     args.decode_tokens = 128 if full else 64
     args.repeats = 3 if full else 1
     args.apr_repeats = 2 if full else 1
-    args.problems = 64 if full else 8
+    # small: 32 problems, so the whole run stays within ~15 min (HF batched takes ~4 min for 64)
+    args.problems = {"tiny": 64, "small": 32} if full else {"tiny": 8, "small": 8}
     args.scale = 1.0 if full else 0.5
     args.serial_problems = 3 if full else 1
     torch.set_num_threads(2)

@@ -69,3 +69,22 @@ class KVCache:
             t[:, b, :, :num_a] = tmp
         self.owner[a], self.owner[b] = self.owner[b], self.owner[a]
         self.num_copies += 2
+
+    def permute(self, sources: list[int], num_positions: int) -> None:
+        """Row i of `[0, len(sources))` takes the contents of slot `sources[i]` (a permutation of those rows).
+
+        Only rows that change are copied, and only their first `num_positions` positions.
+        """
+        n = len(sources)
+        assert sorted(sources) == list(range(n)), "permute reorders the first rows only"
+        dst = [i for i, src in enumerate(sources) if src != i]
+        if not dst or num_positions == 0:
+            return
+        dst_idx = torch.tensor(dst, device=self.k.device)  # (m,)
+        src_idx = torch.tensor([sources[i] for i in dst], device=self.k.device)  # (m,)
+        for t in (self.k, self.v):
+            for layer in t:  # one layer at a time: the temporary is (m, Hkv, T, D), not L times that
+                layer[dst_idx, :, :num_positions] = layer[src_idx, :, :num_positions]
+        owners = self.owner[:n]
+        self.owner[:n] = [owners[s] for s in sources]
+        self.num_copies += len(dst)

@@ -35,6 +35,9 @@ class ForwardBatch:
     max_kv_len: int  # max(kv_len): how much of the cache attention reads
     last_index: torch.Tensor  # (B,) long: which of the T positions gives each row's logits
     valid: torch.Tensor | None = None  # (B, T) bool: real tokens (None: all real, the decode case)
+    # attention row chunks (start, end, kv_len to read); None: one chunk reading max_kv_len. With
+    # rows sorted by length, short rows then skip the padding up to the batch's longest row
+    chunks: list[tuple[int, int, int]] | None = None
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -140,12 +143,13 @@ class LlamaRunner:
         else:
             b_idx, t_idx = batch.valid.nonzero(as_tuple=True)  # (N,), (N,)
             write = (b_idx, batch.positions[b_idx, t_idx], b_idx, t_idx)
-        h = self._layers_fn(h, cos, sin, mask, write, batch.row_start, batch.max_kv_len)
+        chunks = batch.chunks or [(0, batch.input_ids.shape[0], batch.max_kv_len)]
+        h = self._layers_fn(h, cos, sin, mask, write, batch.row_start, chunks)
         last = h[torch.arange(h.shape[0], device=h.device), batch.last_index]  # (B, C)
         last = _rms_norm(last, self.final_norm, self.eps)
         return F.linear(last, self.head, self.head_bias)  # (B, V)
 
-    def _run_layers(self, h, cos, sin, mask, write, row_start: int, max_kv_len: int):
+    def _run_layers(self, h, cos, sin, mask, write, row_start: int, chunks: list[tuple[int, int, int]]):
         B, T, _ = h.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         rows, pos, b_idx, t_idx = write
@@ -164,9 +168,11 @@ class LlamaRunner:
             else:
                 k_cache[rows, :, pos] = k[b_idx, :, t_idx]  # (N, Hkv, D): real tokens only
                 v_cache[rows, :, pos] = v[b_idx, :, t_idx]
-            o = F.scaled_dot_product_attention(
-                q, k_cache[:, :, :max_kv_len], v_cache[:, :, :max_kv_len], attn_mask=mask,
-                enable_gqa=H != Hkv)  # (B, H, T, D)
+            if len(chunks) == 1:
+                o = self._attend(q, k_cache, v_cache, mask, chunks[0][2])  # (B, H, T, D)
+            else:
+                o = torch.cat([self._attend(q[a:b], k_cache[a:b], v_cache[a:b], mask[a:b], n)
+                               for a, b, n in chunks])  # (B, H, T, D)
             o = o.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
             h = h + F.linear(o, w.o, w.o_bias)  # (B, T, C)
             x = _rms_norm(h, w.ln2, self.eps)  # (B, T, C)
@@ -174,3 +180,9 @@ class LlamaRunner:
             up = F.linear(x, w.up, w.up_bias)  # (B, T, F)
             h = h + F.linear(self.act(gate) * up, w.down, w.down_bias)  # (B, T, C)
         return h
+
+    def _attend(self, q, k_cache, v_cache, mask, kv_len: int) -> torch.Tensor:
+        # reads only the first kv_len positions of each row: the strided view costs no copy
+        return F.scaled_dot_product_attention(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len],
+                                              attn_mask=mask[..., :kv_len],
+                                              enable_gqa=self.num_heads != self.num_kv_heads)  # (b, H, T, D)

@@ -47,6 +47,9 @@ class LocalEngineConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 (weights, activations and KV)
     device: str = "cpu"  # any torch device string: cpu, cuda, cuda:1
     compile: bool = False  # torch.compile the layer stack (dynamic shapes; slow first steps)
+    # decode attention runs on chunks of this many rows, each reading only its own longest context;
+    # rows are regrouped by length when that saves enough (0: one chunk, never regroup)
+    attention_chunk_rows: int = 16
     seed: int = 0  # seeds requests that carry no seed, so whole runs are reproducible
 
     def __post_init__(self) -> None:
@@ -64,6 +67,9 @@ class LocalEngineConfig:
         except (RuntimeError, TypeError):
             fail("engine.device", self.device, "a torch device string such as cpu, cuda or cuda:0")
         check(isinstance(self.compile, bool), "engine.compile", self.compile, "true or false")
+        rows = self.attention_chunk_rows
+        check(isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0, "engine.attention_chunk_rows",
+              rows, "a non-negative integer (0: no chunking)")
         check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "engine.seed", self.seed,
               "an integer")
 
@@ -141,6 +147,7 @@ class LocalEngine:
             completions, self._ready = self._ready, []
             completions += [self._end(s) for s in aborted]
             self.scheduler.retire(aborted)
+            self._maybe_regroup_rows()
             num_old = len(self.scheduler.running)
             groups = self.scheduler.admit()
             if groups:
@@ -262,14 +269,42 @@ class LocalEngine:
             logits = logits[torch.tensor(rows, device=self.device)]  # (N, V): followers reuse their leader's row
         self._sample(logits, seqs)
 
+    def _chunks(self, kv_lens: list[int]) -> list[tuple[int, int, int]]:
+        rows = self.config.attention_chunk_rows or len(kv_lens)
+        return [(a, min(a + rows, len(kv_lens)), max(kv_lens[a:a + rows])) for a in range(0, len(kv_lens), rows)]
+
+    def _maybe_regroup_rows(self) -> None:
+        """Regroup batch rows by length when the KV it saves attention from reading repays the copy.
+
+        Moving a sequence copies its KV once (read + write); the grouping then holds for many
+        steps, since every length grows by one per step. Move when 8 steps of savings cover it.
+        """
+        rows = self.config.attention_chunk_rows
+        running = self.scheduler.running
+        if not rows or len(running) <= rows:
+            return
+        lens = [s.num_cached + 1 for s in running]
+        now = sum((b - a) * n for a, b, n in self._chunks(lens))
+        best = sum((b - a) * n for a, b, n in self._chunks(sorted(lens, reverse=True)))
+        if now - best < 0.05 * best:
+            return
+        sources, num_moved = self.scheduler.plan_regroup(rows)
+        if 8 * (now - best) > 2 * num_moved * max(lens):
+            self.scheduler.regroup(sources)
+            self.stats.num_regroups += 1
+
     def _decode(self, seqs: list[Sequence]) -> None:
         num = len(seqs)
         pos = [s.num_cached for s in seqs]
         ids = torch.tensor([s.token_ids[-1] for s in seqs], device=self.device).view(num, 1)  # (B, 1)
         positions = torch.tensor(pos, device=self.device).view(num, 1)  # (B, 1)
         kv_len = positions[:, 0] + 1  # (B,)
+        chunks = self._chunks([p + 1 for p in pos])
+        # extra attention calls cost ~10 us each: chunk only when it skips >10% of the KV reads
+        is_worth = sum((b - a) * n for a, b, n in chunks) < 0.9 * num * (max(pos) + 1)
         batch = ForwardBatch(ids, positions, 0, kv_len, max(pos) + 1,
-                             torch.zeros(num, dtype=torch.long, device=self.device))
+                             torch.zeros(num, dtype=torch.long, device=self.device),
+                             chunks=chunks if len(chunks) > 1 and is_worth else None)
         logits = self._forward(batch)  # (B, V)
         for seq in seqs:
             seq.num_cached += 1

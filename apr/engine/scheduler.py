@@ -126,6 +126,33 @@ class Scheduler:
             self._swap(seq.slot, hole)
         self.running = [self.kv.owner[row] for row in range(size)]
 
+    def plan_regroup(self, rows_per_chunk: int) -> tuple[list[int], int]:
+        """Row sources that put the batch's longest sequences in chunk 0, the next ones in chunk 1, ...
+
+        Only chunk membership matters for attention, so a sequence already in its target chunk
+        stays; returns (sources, number of sequences that move).
+        """
+        size = len(self.running)
+        ranked = sorted(range(size), key=lambda r: -self.running[r].num_cached)  # rows, longest first
+        target = {row: rank // rows_per_chunk for rank, row in enumerate(ranked)}
+        sources = list(range(size))
+        movers = [row for row in range(size) if row // rows_per_chunk != target[row]]
+        free = [row for row in range(size) if row // rows_per_chunk != target[row]]  # the same rows, freed
+        by_chunk: dict[int, list[int]] = {}
+        for row in free:
+            by_chunk.setdefault(row // rows_per_chunk, []).append(row)
+        for row in movers:
+            sources[by_chunk[target[row]].pop()] = row
+        return sources, len(movers)
+
+    def regroup(self, sources: list[int]) -> None:
+        """Apply `plan_regroup`'s sources: row i takes the sequence now in row sources[i]."""
+        moved = [self.running[src] for i, src in enumerate(sources) if src != i]
+        self.kv.permute(sources, max((s.num_cached for s in moved), default=0))
+        self.running = [self.running[src] for src in sources]
+        for row, seq in enumerate(self.running):
+            seq.slot = row
+
     def release(self, seq_id: str) -> Sequence:
         seq = self.suspended.pop(seq_id)
         if seq.slot is not None:

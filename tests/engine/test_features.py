@@ -154,6 +154,7 @@ def test_release_and_submit_errors(make_engine):
     ({"dtype": "fp8"}, "engine.dtype: got 'fp8'; accepted: float32, bfloat16, float16"),
     ({"device": "toaster"}, "engine.device"),
     ({"compile": "yes"}, "engine.compile"),
+    ({"attention_chunk_rows": -1}, "engine.attention_chunk_rows"),
 ])
 def test_engine_config_errors_name_the_field(overrides, field):
     from apr.engine import LocalEngineConfig

@@ -30,7 +30,8 @@ def greedy_is_exact(model, context: list[int], output: list[int]) -> bool:
 
 def test_random_workload_keeps_rows_and_outputs_exact(model, make_engine):
     rng = random.Random(0)
-    engine = make_engine(max_batch_size=4, num_slots=5, max_seq_len=96, max_prefill_tokens=40)
+    engine = make_engine(max_batch_size=4, num_slots=5, max_seq_len=96, max_prefill_tokens=40,
+                         attention_chunk_rows=2)
     contexts: dict[str, list[int]] = {}  # request id -> context it was generated from
     kept: dict[str, list[int]] = {}  # suspended request id -> its full token list
     num_checked = 0
@@ -61,3 +62,22 @@ def test_random_workload_keeps_rows_and_outputs_exact(model, make_engine):
     engine.run_until_done()
     check_invariants(engine)
     assert num_checked > 30 and engine.stats.num_evictions > 0 and engine.stats.num_kv_copies > 0
+    assert engine.stats.num_regroups > 0
+
+
+def test_rows_regrouped_by_length_for_chunked_attention_stay_exact(model, make_engine):
+    from tests.engine._helpers import by_id, hf_greedy, random_prompts
+
+    prompts = random_prompts((2, 40, 5, 60, 3, 30, 1, 50), seed=14)
+    engine = make_engine(max_batch_size=8, attention_chunk_rows=2)
+    for i, p in enumerate(prompts):
+        engine.submit(Request(f"r{i}", p, SamplingParams(temperature=0.0, max_new_tokens=10)))
+    engine.step()
+    engine.step()  # the second step regroups: the longest rows share chunk 0, the shortest the last
+    assert engine.stats.num_regroups == 1
+    check_invariants(engine)
+    lens = [s.num_cached for s in engine.scheduler.running]
+    assert sorted(lens[:2]) == sorted(lens)[-2:] and sorted(lens[-2:]) == sorted(lens)[:2]
+    out = by_id(engine.run_until_done())
+    for i, p in enumerate(prompts):
+        assert out[f"r{i}"].output_ids == hf_greedy(model, p, 10)
