@@ -1,5 +1,7 @@
 # make quickstart  - create .venv, install, run the pipeline end to end at toy scale
 # make test        - create/install if needed, run the tests
+# make eval MODEL=runs/sft/apr/final [NAME=apr] [DATA=data/countdown_n4] [OUT=runs/eval/apr] [ARGS='eval.cons_pass_n=0']
+#                  - evaluate one checkpoint (accuracy vs window/tokens/latency, JSON + PNG + markdown; resumable)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 # torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart test lint bench-data bench-engine bench-sft clean
+.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +35,16 @@ quickstart: $(STAMP)
 	$(BIN)/python -m apr.cli.eval models.sosp=$(QS)/sft/final data_dir=$(QS)/data num_problems=200 \
 		out_dir=$(QS)/eval eval.max_thread_tokens=512 'eval.windows=[256,384,512]'
 	@echo "data: $(QS)/data/stats.md  model: $(QS)/sft/final  evaluation: $(QS)/eval/results.md"
+
+# NAME picks the settings: conditions from eval.conditions.<NAME>, cons@n/pass@n if NAME is in
+# eval.cons_pass_models (sosp); `<NAME>_rl` inherits them. Plain `=`: set on the command line, not from
+# the environment (WSL exports NAME).
+NAME = model
+DATA = data/countdown_n4
+OUT = runs/eval/$(NAME)
+eval: $(STAMP)
+	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=<checkpoint dir> [NAME=apr|sosp|...] [DATA=dir] [OUT=dir] [ARGS=...]"; exit 2; }
+	$(BIN)/python -m apr.cli.eval models.sosp=null models.apr=null '++models.$(NAME)=$(MODEL)' data_dir=$(DATA) out_dir=$(OUT) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -52,3 +52,19 @@ def test_eval_config_composes():
         c = to_container(compose("eval", overrides=["models.apr=/tmp/x"]))
     assert c["models"] == {"sosp": None, "apr": "/tmp/x"}
     assert from_dict(EvalConfig, c["eval"], "eval").max_thread_tokens == 1024
+
+
+@pytest.mark.parametrize("dist", ["none", "ray_local", "ray_cluster"])
+@pytest.mark.parametrize("preset", [None, "paper", "n3_tiny"])
+def test_rl_config_composes(dist, preset):
+    from apr.rl.config import RLConfig
+
+    overrides = ["init=/tmp/x", f"dist={dist}"] + ([f"+rl={preset}"] if preset else [])
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        c = to_container(compose("rl", overrides=overrides))
+    c.pop("hydra", None)
+    cfg = from_dict(RLConfig, c, "")
+    assert cfg.dist.mode == dist and cfg.init == "/tmp/x"
+    if preset == "paper":
+        assert (cfg.train.batch_problems, cfg.algo.group_size, cfg.optim.lr, cfg.train.steps) == (64, 5, 1e-5, 150)
+        assert cfg.rollout.engine_options["max_seq_len"] == 4096

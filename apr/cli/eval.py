@@ -1,8 +1,14 @@
-"""Evaluate SoS+/APR checkpoints on held-out Countdown problems: accuracy against window and costs.
+"""Evaluate SoS+/APR checkpoints on held-out Countdown problems: the paper's accuracy/cost measurements.
 
     python -m apr.cli.eval models.apr=runs/sft/apr/final models.sosp=runs/sft/sosp/final \
         data_dir=data/countdown_n4 num_problems=500 out_dir=runs/eval/n4
-    # a ~6M model: ~1-3 minutes per 100 N=4 problems on 2 CPU cores; resumable (re-run to continue)
+    python -m apr.cli.eval ... +models.apr_rl=runs/rl/apr/final         # adds a before/after-RL table
+    python -m apr.cli.eval ... 'eval.conditions.apr=[threads 2,threads 4]' 'eval.conditions.sosp=[budget 512]'
+    make eval MODEL=runs/sft/apr/final NAME=apr                       # one model
+    # per model, one pass over the problems per setting: 3 temperatures (+ conditions) + 8 samples for
+    # SoS+ cons@n. A ~6M model: ~1-3 min per 100 N=4 problems per pass on 2 CPU cores, so 500 problems
+    # x 2 models ~1-2 h. Resumable: re-run the same command to continue; finished problems are kept.
+Writes <out_dir>/records_<model>_<setting>.jsonl, metrics.json, results.md and accuracy_vs_*.png.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ def run(c: dict) -> dict:
 
     from apr.api import Reasoner
     from apr.config import ConfigError, from_dict
-    from apr.eval import EvalConfig, evaluate, summarize_records
+    from apr.eval import EvalConfig, run_suite
     from apr.eval.report import write_report
     from apr.task import Problem
 
@@ -29,16 +35,13 @@ def run(c: dict) -> dict:
     problems_path = Path(c["data_dir"]) / c["split"] / "problems.jsonl"
     if not problems_path.is_file():
         raise ConfigError(f"data_dir: {str(problems_path)!r} not found; generate data with python -m apr.cli.data")
-    problems = [Problem.from_dict(json.loads(line)) for line in open(problems_path)]
+    problems = [Problem.from_dict(json.loads(line)) for line in open(problems_path) if line.strip()]
     problems = problems[: c["num_problems"]] if c["num_problems"] else problems
-    out = Path(c["out_dir"])
-    summaries = {}
-    for name, path in models.items():
-        reasoner = Reasoner.from_pretrained(path, **(c["engine"] or {}))
-        records = evaluate(reasoner, problems, cfg, out / f"records_{name}.jsonl")
-        summaries[name] = {"model": path, **summarize_records(records, cfg.windows)}
-    write_report(summaries, cfg, out)
-    return summaries
+    engine = c["engine"] or {}
+    summary = run_suite(models, lambda path: Reasoner.from_pretrained(path, **engine), problems, cfg, c["out_dir"],
+                        data={"data_dir": str(c["data_dir"]), "split": c["split"]})
+    write_report(summary, c["out_dir"], plots=c.get("plots", True))
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")

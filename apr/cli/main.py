@@ -1,10 +1,10 @@
-"""The `apr` command: `apr data [hydra overrides]`, `apr solve --model DIR --numbers ... --target N`."""
+"""The `apr` command: `apr data|sft|rl|eval [hydra overrides]`, `apr solve --model DIR --numbers ... --target N`."""
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = {"data": "apr.cli.data", "solve": "apr.cli.solve", "eval": "apr.cli.eval", "sft": "apr.cli.sft"}
+COMMANDS = {"data": "apr.cli.data", "solve": "apr.cli.solve", "eval": "apr.cli.eval", "sft": "apr.cli.sft", "rl": "apr.cli.rl"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: apr {" + ",".join(COMMANDS) + "} [options]\n"
               "  data   generate Countdown problems, SoS+/APR traces and statistics (Hydra overrides)\n"
               "  sft    train a model on solver traces (Hydra overrides, e.g. +sft=n3_tiny_sosp)\n"
+              "  rl     GRPO/PPO of a trained model on Ray (Hydra overrides, e.g. init=runs/sft/x/final)\n"
               "  eval   evaluate checkpoints on held-out problems (Hydra overrides: models.<name>=<dir>)\n"
               "  solve  solve a Countdown problem with a trained model: apr solve --model DIR --numbers 22 26 31 53 --target 27")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)

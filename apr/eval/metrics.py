@@ -4,6 +4,8 @@
     ...         EvalRecord(1, 0, None, False, 0, 9, 900, 900, 0, 1.0)]
     >>> accuracy_vs_window(recs, [128, 1024])
     {'128': 0.5, '1024': 0.5}
+    >>> [(p["n"], p["pass"], p["mean_total_tokens"]) for p in sample_curve(recs, 1)]
+    [(1, 0.5, 510.0)]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class EvalRecord:
 
 
 def accuracy_vs_window(records: Sequence[EvalRecord], windows: Sequence[int]) -> dict[str, float]:
-    """Share of problems solved with every thread within each window (cumulative in the window)."""
+    """Share of samples solved with every thread within each window (cumulative in the window)."""
     n = len(records)
     return {str(w): (sum(r.correct and r.longest_thread_tokens <= w for r in records) / n if n else 0.0)
             for w in windows}
@@ -46,9 +48,10 @@ def _mean(values) -> float:
 
 
 def summarize_records(records: Sequence[EvalRecord], windows: Sequence[int]) -> dict:
-    """Accuracy and mean costs of a set of single-sample records."""
+    """Accuracy and mean costs per sample (with several samples per problem: averaged over all of them)."""
     return {
-        "num_problems": len(records),
+        "num_problems": len({r.problem_index for r in records}),
+        "num_records": len(records),
         "accuracy": _mean(r.correct for r in records),
         "accuracy_vs_window": accuracy_vs_window(records, windows),
         "mean_generated_tokens": _mean(r.generated_tokens for r in records),
@@ -74,19 +77,34 @@ def pass_at_n(records: Sequence[EvalRecord], n: int) -> float:
     return _mean(any(r.correct for r in g[:n]) for g in groups.values())
 
 
+def _majority_is_correct(samples: Sequence[EvalRecord]) -> bool:
+    votes = [r for r in samples if r.answer]
+    if not votes:
+        return False
+    counts = Counter(r.answer for r in votes)
+    top = max(counts.values())
+    return next(r for r in votes if counts[r.answer] == top).correct
+
+
 def cons_at_n(records: Sequence[EvalRecord], n: int) -> float:
     """Share of problems whose majority answer among the first n samples' valid answers is correct.
 
     Only samples that produced an answer vote; ties go to the earliest answer reaching the top count.
     """
-    correct = []
-    for g in _by_problem(records).values():
-        votes = [r for r in g[:n] if r.answer]
-        if not votes:
-            correct.append(False)
-            continue
-        counts = Counter(r.answer for r in votes)
-        top = max(counts.values())
-        winner = next(r for r in votes if counts[r.answer] == top)
-        correct.append(winner.correct)
-    return _mean(correct)
+    return _mean(_majority_is_correct(g[:n]) for g in _by_problem(records).values())
+
+
+def sample_curve(records: Sequence[EvalRecord], max_n: int) -> list[dict]:
+    """pass@n and cons@n for n = 1..max_n, with what n samples cost per problem.
+
+    n independent samples cost the sum of their total tokens; run side by side, they take as many
+    sequential tokens as the longest of them.
+    """
+    groups = list(_by_problem(records).values())
+    return [{
+        "n": n,
+        "pass": pass_at_n(records, n),
+        "cons": cons_at_n(records, n),
+        "mean_total_tokens": _mean(sum(r.total_tokens for r in g[:n]) for g in groups),
+        "mean_sequential_tokens": _mean(max((r.sequential_tokens for r in g[:n]), default=0) for g in groups),
+    } for n in range(1, max_n + 1)]

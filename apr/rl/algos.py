@@ -130,15 +130,19 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 # ---- aggregation of per-token losses -----------------------------------------------------------------
 @_register(AGGREGATIONS, "token_mean")
-def token_mean(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over every generated token of the batch."""
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None,
+               denom: float | None = None) -> torch.Tensor:
+    """Mean over every generated token of the batch.
+
+    `denom` (see `aggregation_denominator`) is the whole batch's when `loss` is one micro-batch of it,
+    so that micro-batch losses add up to the batch's."""
     m = mask.float()
-    return (loss * m).sum() / m.sum().clamp(min=1)
+    return (loss * m).sum() / (m.sum().clamp(min=1) if denom is None else max(denom, 1e-8))
 
 
 @_register(AGGREGATIONS, "seq_mean_per_rollout")
-def seq_mean_per_rollout(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None
-                         ) -> torch.Tensor:
+def seq_mean_per_rollout(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None,
+                         denom: float | None = None) -> torch.Tensor:
     """The paper's aggregation: each sequence's token mean, weighted by 1/threads of its rollout,
     averaged over rollouts (so a rollout with many threads counts as much as one with few).
 
@@ -147,4 +151,11 @@ def seq_mean_per_rollout(loss: torch.Tensor, mask: torch.Tensor, seq_weights: to
     m = mask.float()
     per_seq = (loss * m).sum(-1) / m.sum(-1).clamp(min=1)  # (B,)
     w = seq_weights if seq_weights is not None else torch.ones_like(per_seq)
-    return (per_seq * w).sum() / w.sum().clamp(min=1e-8)
+    return (per_seq * w).sum() / (w.sum().clamp(min=1e-8) if denom is None else max(denom, 1e-8))
+
+
+def aggregation_denominator(name: str, mask: torch.Tensor, seq_weights: torch.Tensor) -> float:
+    """What `AGGREGATIONS[name]` divides by over a whole batch: generated tokens, or rollouts."""
+    if name == "token_mean":
+        return float(mask.sum())
+    return float(seq_weights.sum())

@@ -1,50 +1,52 @@
-"""The policy loss of one learner step: PPO-clip + k3 KL to the reference - entropy bonus.
+"""The losses of one learner micro-batch: PPO-clip + k3 KL to the reference - entropy bonus; the critic's.
 
-    >>> # loss, metrics = policy_loss(model, batch, PolicyLossConfig(), ref_logprobs=None)
+    >>> # loss, sums = policy_loss(model, batch, LossConfig(), ref_logprobs=None)
+    >>> # sums["kl"] / sums["tokens"] is the mean KL per generated token
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
 
 import torch
 
-from apr.config import check
 from apr.rl.algos import AGGREGATIONS, POLICY_LOSSES, kl_k3
 from apr.rl.batch import SequenceBatch, token_logprobs
+from apr.rl.config import LossConfig
 
 
-@dataclass
-class PolicyLossConfig:
-    loss: str = "ppo_clip"
-    clip: float = 0.2
-    kl_coef: float = 0.001  # the paper: 0.001 (0.01 for SoS+)
-    entropy_coef: float = 0.0
-    aggregation: str = "token_mean"  # or seq_mean_per_rollout (the paper's 1/threads weighting)
-
-    def __post_init__(self) -> None:
-        check(self.loss in POLICY_LOSSES, "rl.loss", self.loss, ", ".join(POLICY_LOSSES))
-        check(self.aggregation in AGGREGATIONS, "rl.aggregation", self.aggregation, ", ".join(AGGREGATIONS))
-        check(self.clip > 0, "rl.clip", self.clip, "a positive number")
-        check(self.kl_coef >= 0, "rl.kl_coef", self.kl_coef, ">= 0")
+def token_advantages(batch: SequenceBatch) -> torch.Tensor:
+    """(N, T): per-thread advantages broadcast over tokens, or per-token ones (PPO) as they are."""
+    adv = batch.advantages
+    return adv if adv.dim() == 2 else adv[:, None].expand(batch.ids.shape).contiguous()
 
 
-def policy_loss(model, batch: SequenceBatch, cfg: PolicyLossConfig, ref_logprobs: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict]:
-    """Scalar loss to backpropagate and detached metrics (KL, clip fraction, entropy)."""
+def policy_loss(model, batch: SequenceBatch, cfg: LossConfig, ref_logprobs: torch.Tensor | None = None,
+                denom: float | None = None, autocast=contextlib.nullcontext) -> tuple[torch.Tensor, dict]:
+    """Scalar loss to backpropagate, and detached sums over generated tokens (kl, clipped, entropy, tokens).
+
+    `denom`: the whole batch's aggregation denominator when `batch` is one micro-batch of it."""
     # Rows are right-padded: under causal attention padding never reaches a real token, so no mask.
-    logp, entropy = token_logprobs(model, batch.ids)  # (N, T), (N, T)
-    adv = batch.advantages[:, None].expand_as(logp)  # (N, T)
-    per_token, clipped = POLICY_LOSSES[cfg.loss](logp, batch.old_logprobs, adv, clip=cfg.clip)  # (N, T)
-    mask = batch.mask
+    with autocast():
+        logp, entropy = token_logprobs(model, batch.ids)  # (N, T), (N, T)
+    adv = token_advantages(batch)  # (N, T)
+    per_token, clipped = POLICY_LOSSES[cfg.policy](logp, batch.old_logprobs, adv, clip=cfg.clip)  # (N, T)
     kl = kl_k3(logp, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(logp)  # (N, T)
     per_token = per_token + cfg.kl_coef * kl - cfg.entropy_coef * entropy
-    agg = AGGREGATIONS[cfg.aggregation]
-    loss = agg(per_token, mask, batch.seq_weights)
-    m = mask.float()
-    n = m.sum().clamp(min=1)
-    kl, entropy = kl.detach(), entropy.detach()
-    metrics = {"rl/kl": float((kl * m).sum() / n), "rl/clip_frac": float((clipped * m).sum() / n),
-               "rl/entropy": float((entropy * m).sum() / n), "rl/loss": float(loss.detach())}
-    return loss, metrics
+    loss = AGGREGATIONS[cfg.aggregation](per_token, batch.mask, batch.seq_weights, denom)
+    m = batch.mask.float()
+    ratio = torch.exp(logp.detach() - batch.old_logprobs)  # (N, T)
+    sums = {"kl": float((kl.detach() * m).sum()), "clipped": float((clipped * m).sum()),
+            "entropy": float((entropy.detach() * m).sum()), "tokens": float(m.sum()),
+            "ratio_dev": float(((ratio - 1).abs() * m).sum())}
+    return loss, sums
 
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float, denom: float) -> torch.Tensor:
+    """Clipped squared error of the critic over generated tokens, summed / `denom`. All (N, T)."""
+    err = (values - returns) ** 2  # (N, T)
+    if clip > 0:
+        clipped = old_values + torch.clamp(values - old_values, -clip, clip)  # (N, T)
+        err = torch.maximum(err, (clipped - returns) ** 2)
+    return 0.5 * (err * mask.float()).sum() / max(denom, 1e-8)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apr.config import ConfigError
 from apr.model import save_checkpoint
 
 STATE_FILE = "trainer_state.json"
@@ -111,3 +112,16 @@ def prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in (Path(run_dir) / "checkpoints").glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def refuse_to_clobber(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run must not silently replace the metrics and checkpoints of an earlier one."""
+    if resume or overwrite:
+        return
+    metrics = run_dir / "metrics.jsonl"
+    held = [p.name for p in (run_dir / "checkpoints", run_dir / "final") if p.exists() and any(p.iterdir())]
+    if metrics.exists() and metrics.stat().st_size > 0:
+        held.append(metrics.name)
+    if held:
+        raise ConfigError(f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(held)}); accepted: resume=true "
+                          "to continue it, another name=..., or overwrite=true to replace it")

@@ -109,7 +109,7 @@ class Trainer:
     # ---- phases -------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
-        _refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
+        ckpt.refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
         self.strategy = STRATEGIES[cfg.train.strategy](cfg.train, cfg.optim)
         _seed_everything(cfg.seed, cfg.train.num_threads)
         self.data = self.data or prepare_data(cfg, self.tokenizer)
@@ -247,16 +247,3 @@ def _seed_everything(seed: int, num_threads: int) -> None:
 
 
 __all__ = ["EvalHook", "TrainData", "Trainer", "prepare_data"]
-
-
-def _refuse_to_clobber(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """A fresh run must not silently replace the metrics and checkpoints of an earlier one."""
-    if resume or overwrite:
-        return
-    metrics = run_dir / "metrics.jsonl"
-    held = [p.name for p in (run_dir / "checkpoints", run_dir / "final") if p.exists() and any(p.iterdir())]
-    if metrics.exists() and metrics.stat().st_size > 0:
-        held.append(metrics.name)
-    if held:
-        raise ConfigError(f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(held)}); accepted: resume=true "
-                          "to continue it, another name=..., or overwrite=true to replace it")

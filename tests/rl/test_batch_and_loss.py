@@ -7,7 +7,8 @@ from apr.engine.scripted import ScriptedEngine
 from apr.model import ModelConfig, build_model
 from apr.protocol import ProtocolIds, render_tree
 from apr.rl.batch import sequences_from_trees, token_logprobs
-from apr.rl.loss import PolicyLossConfig, policy_loss
+from apr.rl.config import LossConfig
+from apr.rl.loss import policy_loss
 from apr.runtime import Runtime, RuntimeConfig
 from apr.search import SearchConfig, solve
 from apr.task import CountdownConfig, generate_problems
@@ -51,13 +52,13 @@ def test_policy_loss_on_tiny_model(trees, tokenizer):
     with torch.no_grad():
         logp, _ = token_logprobs(model, batch.ids)
     batch.old_logprobs = logp * batch.mask  # on-policy: ratio 1
-    cfg = PolicyLossConfig(kl_coef=0.0)
+    cfg = LossConfig(kl_coef=0.0)
     loss, m = policy_loss(model, batch, cfg, ref_logprobs=logp.detach())
-    assert m["rl/clip_frac"] == 0.0 and m["rl/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert m["clipped"] == 0.0 and m["kl"] == pytest.approx(0.0, abs=1e-6) and m["tokens"] == batch.num_tokens
     # on-policy PPO-clip loss = -token-mean of the advantages
     expected = -(batch.advantages[:, None] * batch.mask).sum() / batch.mask.sum()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    paper = PolicyLossConfig(aggregation="seq_mean_per_rollout")
+    paper = LossConfig(aggregation="seq_mean_per_rollout")
     assert torch.isfinite(policy_loss(model, batch, paper, ref_logprobs=logp.detach())[0])

@@ -1,0 +1,48 @@
+"""End-to-end RL of a spawn/join model: GRPO (default) or PPO, rollouts through the APR runtime.
+
+    python -m apr.cli.rl init=runs/sft/n3_tiny_apr/final data.dir=data/countdown_n3 train.steps=20
+    python -m apr.cli.rl ... dist=none                     # one process, no Ray (debugging)
+    python -m apr.cli.rl +rl=paper init=... dist=ray_cluster    # the paper's settings, on a running cluster
+    python -m apr.cli.rl ... resume=true                   # continue from the newest checkpoint
+
+Writes runs/rl/<name>/{config.json,metrics.jsonl,checkpoints/,final/,summary.json}.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+
+from apr.cli.common import run_clean, to_container
+
+
+def run(c: dict) -> dict:
+    """Train from a resolved config dict (what Hydra composed); returns the run's summary."""
+    from apr.config import from_dict
+    from apr.dist import make_cluster
+    from apr.rl.config import RLConfig
+    from apr.rl.trainer import RLTrainer
+
+    cfg = from_dict(RLConfig, c, "")
+    return RLTrainer(cfg, make_cluster(cfg)).fit()
+
+
+def _main(c: dict) -> None:
+    from apr.rl.trainer import RLError
+
+    try:
+        summary = run(c)
+    except RLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"[rl] done: step {summary['step']}, final checkpoint {summary['final']}")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="rl")
+def main(cfg) -> None:
+    run_clean(lambda: _main(to_container(cfg)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The RL cluster on Ray: rollout-worker actors, a learner actor, a reference actor; weight sync; restarts.
+
+`dist=ray_local` starts a local Ray cluster for the run (its temp dir under the run dir) and stops
+it at the end; `dist=ray_cluster` joins a running one (`address=auto`) and leaves it running.
+The driver (`apr.rl.trainer.RLTrainer`) calls the same methods as on `InProcessCluster`.
+
+Weight sync: the learner actor cuts its state dict into buckets of `dist.bucket_mb`, puts each in
+the object store once and returns the references; every worker fetches them (one object per
+bucket, shared by all workers on a node) and copies them into its engine in place.
+
+Fault tolerance: a rollout call that fails because its worker died (or the worker was killed)
+replaces that worker by a fresh actor, gives it the current weights and re-runs its shard, up
+to `dist.max_worker_restarts` times per call. Every `ray.get` has a timeout, so nothing hangs.
+
+    >>> # cluster = RayCluster(cfg); RLTrainer(cfg, cluster).fit()
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import ray
+
+from apr.rl.config import RLConfig
+from apr.rl.learner import Learner, RefPolicy
+from apr.rl.rollout import Rollout, RolloutWorker
+
+
+class LearnerActor:
+    def __init__(self, cfg: RLConfig) -> None:
+        self.learner = Learner(cfg)
+
+    def update(self, batch, ref_logprobs):
+        return self.learner.update(batch, ref_logprobs)
+
+    def export_weights(self, bucket_mb: float) -> tuple[list, int]:
+        """(object refs of the weight buckets, policy version)."""
+        return [ray.put(b) for b in self.learner.export_weights(bucket_mb)], self.learner.version
+
+    def save(self, path: str) -> None:
+        self.learner.save(path)
+
+    def load(self, path: str) -> int:
+        return self.learner.load(path)
+
+
+class RefActor:
+    def __init__(self, path: str, max_tokens: int, precision: str, num_threads: int) -> None:
+        self.ref = RefPolicy(path, max_tokens, precision, num_threads=num_threads)
+
+    def logprobs(self, batch):
+        return self.ref.logprobs(batch)
+
+
+class WorkerActor(RolloutWorker):
+    def set_weight_refs(self, refs: list, version: int) -> int:
+        return self.set_weights(ray.get(refs), version)
+
+
+class RayCluster:
+    def __init__(self, cfg: RLConfig) -> None:
+        self.cfg = cfg
+        d = cfg.dist
+        self._owns_ray = False
+        if not ray.is_initialized():
+            if d.mode == "ray_cluster":
+                ray.init(address=d.address, logging_level="warning")
+            else:
+                self._start_local(cfg)
+        self.timeout = d.call_timeout_s
+        self.learner = ray.remote(num_cpus=d.learner_cpus, num_gpus=d.learner_gpus)(LearnerActor).remote(cfg)
+        self.ref = None
+        if cfg.uses_ref:
+            self.ref = ray.remote(num_cpus=d.ref_cpus)(RefActor).remote(
+                cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision, cfg.train.num_threads)
+        self.workers = [self._new_worker() for _ in range(d.num_rollout_workers)]
+        self.num_workers = len(self.workers)
+        self.restarts = 0
+        self._weights: tuple[list, int] | None = None  # the refs of the latest sync, for replaced workers
+
+    def _start_local(self, cfg: RLConfig) -> None:
+        d = cfg.dist
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private single-machine cluster needs no token
+        tmp = Path(cfg.run_dir).resolve() / "ray"
+        if len(str(tmp)) > 60:  # Ray's unix sockets live under it and paths are limited to ~107 bytes
+            tmp = Path(tempfile.mkdtemp(prefix="apr-ray-"))
+        tmp.mkdir(parents=True, exist_ok=True)
+        cpus = math.ceil(d.learner_cpus + d.ref_cpus + d.worker_cpus * d.num_rollout_workers)
+        ray.init(num_cpus=max(cpus, 1), _temp_dir=str(tmp), include_dashboard=False, logging_level="warning",
+                 configure_logging=True)
+        self._owns_ray = True
+
+    def _new_worker(self):
+        c, d = self.cfg, self.cfg.dist
+        actor = ray.remote(num_cpus=d.worker_cpus, num_gpus=d.worker_gpus)(WorkerActor)
+        return actor.remote(c.init, c.rollout, c.algo, c.data.condition, d.worker_threads)
+
+    def _get(self, ref):
+        return ray.get(ref, timeout=self.timeout)
+
+    # ---- the cluster interface (see apr.rl.trainer.InProcessCluster) ------------------------------------
+    def rollout(self, shards: list[tuple], num_samples: int, temperature: float | None = None,
+                step: int | None = None) -> list[Rollout]:
+        d = self.cfg.dist
+
+        def call(i: int, die: bool = False):
+            problems, seed, first = shards[i]
+            return self.workers[i].rollout.remote(problems, num_samples, seed, first, temperature,
+                                                  0.0 if die else None)
+
+        inject = d.kill_worker_at_step is not None and step == d.kill_worker_at_step
+        refs = {i: call(i, die=inject and i == 0) for i in range(len(shards))}
+        results: dict[int, list[Rollout]] = {}
+        attempts = 0
+        while refs:
+            i, ref = next(iter(refs.items()))
+            try:
+                results[i] = self._get(ref)
+                del refs[i]
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                attempts += 1
+                if attempts > d.max_worker_restarts:
+                    raise RuntimeError(f"rollout worker {i} died {attempts} times in one call; last: {e}") from e
+                self._replace_worker(i)
+                refs[i] = call(i)
+        return [r for i in sorted(results) for r in results[i]]
+
+    def _replace_worker(self, i: int) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"[rl] rollout worker {i} died; starting a new one and re-running its share of the step")
+        try:
+            ray.kill(self.workers[i], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.workers[i] = self._new_worker()
+        self.restarts += 1
+        if self._weights is not None:
+            refs, version = self._weights
+            self._get(self.workers[i].set_weight_refs.remote(refs, version))
+
+    def ref_logprobs(self, batch):
+        return self._get(self.ref.logprobs.remote(batch))
+
+    def update(self, batch, ref_logprobs):
+        return self._get(self.learner.update.remote(batch, ref_logprobs))
+
+    def sync_weights(self) -> int:
+        refs, version = self._get(self.learner.export_weights.remote(self.cfg.dist.bucket_mb))
+        self._weights = (refs, version)
+        done = [w.set_weight_refs.remote(refs, version) for w in self.workers]
+        for i, ref in enumerate(done):
+            try:
+                self._get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                self._replace_worker(i)  # gets these weights as it starts
+        return version
+
+    def save(self, path: Path) -> None:
+        self._get(self.learner.save.remote(str(path)))
+
+    def load(self, path: Path) -> int:
+        return self._get(self.learner.load.remote(str(path)))
+
+    def close(self) -> None:
+        for a in [*self.workers, self.learner, self.ref]:
+            if a is not None:
+                try:
+                    ray.kill(a)
+                except Exception:
+                    pass
+        if self._owns_ray:
+            ray.shutdown()

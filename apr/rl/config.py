@@ -1,0 +1,213 @@
+"""Typed RL configuration (`conf/rl.yaml`, presets in `conf/rl/`, placement in `conf/dist/`).
+
+    >>> from apr.config import from_dict
+    >>> cfg = from_dict(RLConfig, {"init": "runs/sft/n3_tiny_apr/final", "train": {"steps": 3}}, "")
+    >>> cfg.algo.advantage, cfg.algo.group_size, cfg.dist.mode
+    ('grpo', 5, 'ray_local')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from apr.config import check
+from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES
+from apr.runtime import RuntimeConfig
+from apr.sft.config import WandbConfig
+
+# `gae` needs a critic (PPO); the others score a whole rollout from its group.
+ADVANTAGE_NAMES = (*ADVANTAGES, "gae")
+
+
+@dataclass
+class RLDataConfig:
+    """Problems to train on, in a seeded order that resumes exactly."""
+
+    dir: str = "data/countdown_n3"  # written by `python -m apr.cli.data` (<dir>/<split>/problems.jsonl)
+    split: str = "train"
+    max_problems: int | None = None  # first N problems of the split (None: all)
+    condition: str | None = None  # first prompt line for conditioned models (e.g. "threads 6")
+
+    def __post_init__(self) -> None:
+        check(self.split in ("train", "val", "test"), "data.split", self.split, "train, val or test")
+        check(self.max_problems is None or self.max_problems >= 1, "data.max_problems", self.max_problems,
+              "null or a positive integer")
+
+
+@dataclass
+class AlgoConfig:
+    """How rollouts become per-token advantages."""
+
+    advantage: str = "grpo"  # grpo | rloo (group baselines) | gae (PPO: critic + GAE)
+    credit: str = "root"  # root: every thread gets the tree's advantage; child_outcome: see algos.py
+    group_size: int = 5  # G rollouts per problem
+    norm_std: bool = True  # grpo: divide by the group's reward std
+    eps: float = 1e-6  # grpo: added to the std
+    gamma: float = 1.0  # gae
+    lam: float = 0.95  # gae
+    format_bonus: float = 0.0  # reward for a well-formed but wrong answer line (0: pure outcome)
+    reward: str = "countdown"  # a name in apr.rl.rollout.REWARDS, or "package.module:function"
+
+
+    def __post_init__(self) -> None:
+        check(self.advantage in ADVANTAGE_NAMES, "algo.advantage", self.advantage, ", ".join(ADVANTAGE_NAMES))
+        check(self.credit in CREDIT, "algo.credit", self.credit, ", ".join(CREDIT))
+        check(self.group_size >= 1, "algo.group_size", self.group_size, "a positive integer")
+        check(self.advantage == "gae" or self.group_size >= 2, "algo.group_size", self.group_size,
+              f">= 2 for {self.advantage} (a group baseline needs two samples)")
+        from apr.rl.rollout import resolve_reward
+
+        resolve_reward(self.reward)
+        check(0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "algo.lam/gamma", (self.lam, self.gamma),
+              "numbers in [0, 1]")
+
+
+@dataclass
+class LossConfig:
+    """The policy loss (and the critic's, for PPO)."""
+
+    policy: str = "ppo_clip"
+    clip: float = 0.2
+    kl_coef: float = 0.001  # k3 KL to the reference policy (0: no reference model at all)
+    entropy_coef: float = 0.0
+    aggregation: str = "token_mean"  # or seq_mean_per_rollout (the paper's 1/threads weighting)
+    value_coef: float = 0.5  # PPO: weight of the critic's loss
+    value_clip: float = 0.2  # PPO: clip of the value change (0: off)
+
+    def __post_init__(self) -> None:
+        check(self.policy in POLICY_LOSSES, "loss.policy", self.policy, ", ".join(POLICY_LOSSES))
+        check(self.aggregation in AGGREGATIONS, "loss.aggregation", self.aggregation, ", ".join(AGGREGATIONS))
+        check(self.clip > 0, "loss.clip", self.clip, "a positive number")
+        check(self.kl_coef >= 0, "loss.kl_coef", self.kl_coef, ">= 0")
+        check(self.entropy_coef >= 0, "loss.entropy_coef", self.entropy_coef, ">= 0")
+        check(self.value_coef >= 0 and self.value_clip >= 0, "loss.value_coef/value_clip",
+              (self.value_coef, self.value_clip), "numbers >= 0")
+
+
+@dataclass
+class RLOptimConfig:
+    """AdamW for the policy (and the critic); constant learning rate after warmup."""
+
+    lr: float = 1e-5
+    critic_lr: float = 1e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: off
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0 and self.critic_lr > 0, "optim.lr/critic_lr", (self.lr, self.critic_lr),
+              "positive numbers")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 = off)")
+
+
+@dataclass
+class RLTrainConfig:
+    """Steps, batch and the learner's placement and precision."""
+
+    steps: int = 150
+    batch_problems: int = 64  # problems per step (x group_size rollouts)
+    inner_steps: int = 2  # optimizer steps over each batch of rollouts
+    micro_batch_tokens: int = 16384  # padded tokens per forward/backward (gradients accumulate)
+    old_logprobs: Literal["rollout", "recompute"] = "rollout"  # PPO ratio denominator
+    strategy: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: int = 2  # deepspeed
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 0  # torch intra-op threads of the learner (0: torch's default)
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "train.steps", self.steps, "a positive integer")
+        check(self.batch_problems >= 1, "train.batch_problems", self.batch_problems, "a positive integer")
+        check(self.inner_steps >= 1, "train.inner_steps", self.inner_steps, "a positive integer")
+        check(self.micro_batch_tokens >= 16, "train.micro_batch_tokens", self.micro_batch_tokens, "an integer >= 16")
+        check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling and limits of training rollouts, and the engine that runs them."""
+
+    runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(temperature=1.0))
+    engine: str = "local"  # local | sglang
+    engine_options: dict = field(default_factory=dict)  # LocalEngineConfig / SGLangEngineConfig fields
+    eval_every_steps: int = 0  # greedy accuracy on held-out problems every N steps (0: at start and end only)
+    eval_problems: int = 100  # first N problems of eval_split
+    eval_split: str = "val"
+
+    def __post_init__(self) -> None:
+        check(self.engine in ("local", "sglang"), "rollout.engine", self.engine, "local or sglang")
+        check(self.eval_every_steps >= 0, "rollout.eval_every_steps", self.eval_every_steps, ">= 0")
+        check(self.eval_problems >= 0, "rollout.eval_problems", self.eval_problems, ">= 0 (0: off)")
+
+
+@dataclass
+class DistConfig:
+    """Where the pieces run: one process, a local Ray cluster, or an existing one."""
+
+    mode: Literal["none", "ray_local", "ray_cluster"] = "ray_local"
+    num_rollout_workers: int = 2
+    address: str = "auto"  # ray_cluster: the cluster to join
+    worker_cpus: float = 1.0  # Ray logical CPUs per rollout worker
+    worker_gpus: float = 0.0
+    worker_threads: int = 1  # torch threads per rollout worker
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    ref_cpus: float = 0.0
+    bucket_mb: float = 32.0  # weight sync: parameters per object-store bucket
+    max_worker_restarts: int = 3  # per step: a dead rollout worker is replaced and its share re-run
+    call_timeout_s: float = 3600.0  # any remote call longer than this fails the run (never hangs)
+    kill_worker_at_step: int | None = None  # fault injection (tests): worker 0 dies mid-rollout at this step
+
+    def __post_init__(self) -> None:
+        check(self.num_rollout_workers >= 1, "dist.num_rollout_workers", self.num_rollout_workers,
+              "a positive integer")
+        check(self.bucket_mb > 0, "dist.bucket_mb", self.bucket_mb, "a positive number of MB")
+        check(self.max_worker_restarts >= 0, "dist.max_worker_restarts", self.max_worker_restarts, ">= 0")
+        check(self.call_timeout_s > 0, "dist.call_timeout_s", self.call_timeout_s, "a positive number of seconds")
+
+
+@dataclass
+class RLCheckpointConfig:
+    every_steps: int = 50  # 0: only the final checkpoint
+    keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, ">= 0")
+        check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
+
+
+@dataclass
+class RLConfig:
+    init: str = ""  # the SFT checkpoint to start from (HF directory with the tokenizer)
+    name: str = "rl"
+    run_dir: str = "runs/rl/rl"
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    data: RLDataConfig = field(default_factory=RLDataConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: RLOptimConfig = field(default_factory=RLOptimConfig)
+    train: RLTrainConfig = field(default_factory=RLTrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
+    log_every_steps: int = 1
+    progress: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.init), "init", self.init, "the directory of an SFT checkpoint (e.g. runs/sft/<name>/final)")
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algo.advantage == "gae"
+
+    @property
+    def uses_ref(self) -> bool:
+        return self.loss.kl_coef > 0

@@ -1,0 +1,178 @@
+"""Rollouts for RL: a worker (an engine + the APR runtime) that turns problems into scored thread trees.
+
+The same class runs in-process (`dist=none`) and inside a Ray actor (`apr.dist`). What it returns
+is token-exact: each `Rollout` carries the runtime's `ThreadTree` (ids, generated-mask, sampled
+log-probs per thread), the reward and the policy version the engine held.
+
+    >>> # worker = RolloutWorker("runs/sft/n3_tiny_apr/final", RolloutConfig(), AlgoConfig())
+    >>> # rollouts = worker.rollout(problems, num_samples=5, seed=17, first_index=0)
+    >>> # rollouts[0].reward, rollouts[0].tree.metrics()["num_child_threads"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from apr.config import from_dict, to_dict
+from apr.rl.config import AlgoConfig, RolloutConfig
+from apr.rl.weights import load_buckets
+from apr.runtime import RuntimeConfig, ThreadTree
+from apr.task import Problem, reward
+
+
+def countdown_reward(problem: Problem, text: str, algo: AlgoConfig) -> float:
+    """1 if the root's last answer line solves the problem, `algo.format_bonus` if it is well formed."""
+    return reward(problem, text, algo.format_bonus)
+
+
+# reward(problem, root text, algo config) -> float, chosen by `algo.reward`
+REWARDS = {"countdown": countdown_reward}
+
+
+def resolve_reward(name: str):
+    """A name in REWARDS, or "package.module:function" for a reward of your own (importable by every worker)."""
+    from apr.config import ConfigError
+
+    if name in REWARDS:
+        return REWARDS[name]
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"algo.reward: cannot import {name!r} ({e})") from None
+    raise ConfigError(f"algo.reward: got {name!r}; accepted: {', '.join(REWARDS)} or 'package.module:function'")
+
+
+@dataclass
+class Rollout:
+    """One sampled tree of one problem, scored."""
+
+    problem_index: int  # position of the problem in the step's batch
+    sample_index: int  # 0..G-1
+    tree: ThreadTree
+    reward: float
+    correct: bool
+    answer: str | None
+    policy_version: int
+
+    @property
+    def metrics(self) -> dict:
+        return self.tree.metrics()
+
+
+def load_problems(data_dir: str | Path, split: str, max_problems: int | None = None) -> list[Problem]:
+    from apr.config import ConfigError
+
+    path = Path(data_dir) / split / "problems.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"data.dir: {str(data_dir)!r} has no {split}/problems.jsonl; accepted: a directory "
+                          f"written by `python -m apr.cli.data data.out_dir=...`")
+    with open(path) as f:
+        problems = [Problem.from_dict(json.loads(line)) for line in f if line.strip()]
+    return problems[:max_problems] if max_problems else problems
+
+
+class ProblemStream:
+    """Problems in a seeded order, reshuffled every epoch; position = problems consumed so far.
+
+    The order is a pure function of (seed, position), so a resumed run sees the same batches.
+
+    >>> s = ProblemStream([Problem([1, 2], 3), Problem([2, 2], 4), Problem([3, 1], 2)], seed=0)
+    >>> first = s.batch(0, 2); again = s.batch(0, 2)
+    >>> first == again, len(s.batch(2, 4))
+    (True, 4)
+    """
+
+    def __init__(self, problems: list[Problem], seed: int) -> None:
+        self.problems = problems
+        self.seed = seed
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.problems)))
+        random.Random(f"{self.seed}|{epoch}").shuffle(order)
+        return order
+
+    def batch(self, position: int, size: int) -> list[Problem]:
+        n = len(self.problems)
+        out = []
+        for k in range(position, position + size):
+            epoch, i = divmod(k, n)
+            out.append(self.problems[self._order(epoch)[i]])
+        return out
+
+
+def rollout_seed(seed: int, step: int, first_index: int) -> int:
+    """The runtime seed of one shard: fixed by the run seed, the step and the shard's first problem."""
+    import hashlib
+
+    key = f"{seed}|{step}|{first_index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") >> 1
+
+
+class RolloutWorker:
+    """An engine loaded from `init`, the runtime, and the Countdown reward."""
+
+    def __init__(self, init: str, rollout: RolloutConfig, algo: AlgoConfig, condition: str | None = None,
+                 num_threads: int = 0) -> None:
+        import torch
+
+        from apr.api import Reasoner
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.cfg = rollout
+        self.algo = algo
+        self.condition = condition
+        self.reward_fn = resolve_reward(algo.reward)
+        self.reasoner = Reasoner.from_pretrained(init, engine=rollout.engine, runtime=rollout.runtime,
+                                                 **rollout.engine_options)
+        self.policy_version = 0
+
+    # ---- weights ----------------------------------------------------------------------------------
+    def set_weights(self, buckets: list[dict], version: int) -> int:
+        """Load the learner's weights (a list of name -> tensor buckets); returns the version now held."""
+        engine = self.reasoner.engine
+        if hasattr(engine, "load_weights"):  # e.g. a server-backed engine
+            engine.load_weights(buckets, version)
+        else:
+            load_buckets(engine.model, buckets)
+        self.policy_version = version
+        return version
+
+    # ---- rollouts ---------------------------------------------------------------------------------
+    def rollout(self, problems: list[Problem], num_samples: int, seed: int, first_index: int = 0,
+                temperature: float | None = None, die_after_s: float | None = None) -> list[Rollout]:
+        """`num_samples` trees per problem (prompt-major), scored with the task reward.
+
+        `first_index` numbers the problems within the step's batch; `die_after_s` (fault injection
+        for tests) kills this process that many seconds into the call."""
+        if die_after_s is not None:
+            _die_later(die_after_s)
+        limits = {"seed": seed} if temperature is None else {"seed": seed, "temperature": temperature}
+        results = self.reasoner.solve_batch(problems, num_samples=num_samples, condition=self.condition, **limits)
+        out = []
+        for k, r in enumerate(results):
+            i, s = divmod(k, num_samples)
+            text = r.tree.text()
+            score = self.reward_fn(problems[i], text, self.algo)
+            out.append(Rollout(first_index + i, s, r.tree.tree, score, r.correct, r.answer, self.policy_version))
+        return out
+
+    def runtime_config(self) -> RuntimeConfig:
+        return from_dict(RuntimeConfig, to_dict(self.cfg.runtime), "rollout.runtime")
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def _die_later(seconds: float) -> None:
+    import threading
+
+    threading.Timer(seconds, lambda: os._exit(17)).start()

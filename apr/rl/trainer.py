@@ -1,0 +1,269 @@
+"""The RL driver: one loop that reads top to bottom, over a cluster of rollout workers and a learner.
+
+Each step: `rollout` (B problems x G samples, sharded over the workers) -> `advantages` (rewards,
+group baselines, credit to every thread; token-exact sequences) -> `ref` (reference log-probs for
+the KL) -> `update` (the learner's inner steps) -> `sync` (weights to the workers, in buckets) ->
+`eval` / `checkpoint` when due. Every phase is timed.
+
+The cluster is `InProcessCluster` here (`dist=none`) or `apr.dist.RayCluster` (`dist=ray_local`,
+`ray_cluster`); both have the same methods, so the loop is the same code for both.
+
+    >>> # trainer = RLTrainer(cfg, InProcessCluster(cfg)); summary = trainer.fit()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from apr.config import ConfigError, to_dict
+from apr.rl.batch import sequences_from_trees
+from apr.rl.config import RLConfig
+from apr.rl.learner import Learner, RefPolicy
+from apr.rl.rollout import ProblemStream, Rollout, RolloutWorker, load_problems, rollout_seed
+from apr.sft import checkpoint as ckpt
+from apr.sft.metrics import MetricsLog, timer
+
+SHARD = tuple  # (problems, seed, first_index)
+
+
+class RLError(RuntimeError):
+    """The run stopped; the message says at which step and phase, and what was saved."""
+
+
+def shards_of(problems: list, num_workers: int, seed: int, step: int) -> list[tuple]:
+    """Contiguous slices of the batch, one per worker (fewer if there are fewer problems), with their seeds."""
+    n = len(problems)
+    k = min(num_workers, n)
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [(problems[a:b], rollout_seed(seed, step, a), a) for a, b in zip(bounds, bounds[1:])]
+
+
+class InProcessCluster:
+    """`dist=none`: the rollout workers, learner and reference all live in this process (for debugging)."""
+
+    def __init__(self, cfg: RLConfig) -> None:
+        self.cfg = cfg
+        self.learner = Learner(cfg)
+        self.ref = RefPolicy(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision) if cfg.uses_ref else None
+        self.workers = [RolloutWorker(cfg.init, cfg.rollout, cfg.algo, cfg.data.condition)
+                        for _ in range(cfg.dist.num_rollout_workers)]
+        self.num_workers = len(self.workers)
+        self.restarts = 0
+
+    def rollout(self, shards: list[SHARD], num_samples: int, temperature: float | None = None,
+                step: int | None = None) -> list[Rollout]:
+        out: list[Rollout] = []
+        for worker, (problems, seed, first) in zip(self.workers, shards):
+            out += worker.rollout(problems, num_samples, seed, first, temperature)
+        return out
+
+    def ref_logprobs(self, batch):
+        return self.ref.logprobs(batch)
+
+    def update(self, batch, ref_logprobs):
+        return self.learner.update(batch, ref_logprobs)
+
+    def sync_weights(self) -> int:
+        buckets = self.learner.export_weights(self.cfg.dist.bucket_mb)
+        for w in self.workers:
+            w.set_weights(buckets, self.learner.version)
+        return self.learner.version
+
+    def save(self, path: Path) -> None:
+        self.learner.save(path)
+
+    def load(self, path: Path) -> int:
+        return self.learner.load(path)
+
+    def close(self) -> None:
+        pass
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, cluster) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.run_dir = Path(cfg.run_dir)
+        self.stream = ProblemStream(load_problems(cfg.data.dir, cfg.data.split, cfg.data.max_problems), cfg.seed)
+        r = cfg.rollout
+        self.eval_problems = load_problems(cfg.data.dir, r.eval_split, r.eval_problems) if r.eval_problems else []
+        self.step = 0
+        self.phase = "setup"
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        resume_from = self._start()
+        self.log = MetricsLog(self.run_dir, cfg.wandb, cfg.name, to_dict(cfg),
+                              resume_step=self.step if resume_from else None)
+        bar = _progress(cfg.train.steps, self.step, cfg.progress)
+        last_eval: dict = {}
+        try:
+            self.phase = "sync"
+            self.cluster.sync_weights()
+            if self.step == 0 and self.eval_problems:
+                last_eval = self.evaluate()
+                self.log.log(last_eval, 0)
+            while self.step < cfg.train.steps:
+                row = self.train_step()
+                self.step += 1
+                if self._due(cfg.rollout.eval_every_steps) and self.step < cfg.train.steps and self.eval_problems:
+                    with timer("eval", row):
+                        last_eval = self.evaluate()
+                    row.update(last_eval)
+                if self._due(cfg.checkpoint.every_steps) and self.step < cfg.train.steps:
+                    with timer("checkpoint", row):
+                        self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}")
+                        ckpt.prune(self.run_dir, cfg.checkpoint.keep_last)
+                if self.step % cfg.log_every_steps == 0 or self.step == cfg.train.steps:
+                    self.log.log(row, self.step)
+                bar.set_postfix(reward=f"{row['rollout/reward']:.3f}", acc=f"{row['rollout/accuracy']:.3f}",
+                                children=f"{row['rollout/child_threads']:.1f}", refresh=False)
+                bar.update(1)
+            self.phase = "final"
+            if self.eval_problems:
+                last_eval = self.evaluate()
+                self.log.log(last_eval, self.step)
+            self.save(self.run_dir / "final")
+        except BaseException as e:
+            self._fail(e)
+        finally:
+            bar.close()
+            self.log.close()
+            self.cluster.close()
+        summary = {"step": self.step, "final": str(self.run_dir / "final"), **last_eval}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def train_step(self) -> dict:
+        cfg, row = self.cfg, {}
+        t0 = time.perf_counter()
+        self.phase = "rollout"
+        with timer("rollout", row):
+            problems = self.stream.batch(self.step * cfg.train.batch_problems, cfg.train.batch_problems)
+            shards = shards_of(problems, self.cluster.num_workers, cfg.seed, self.step)
+            rollouts = self.cluster.rollout(shards, cfg.algo.group_size, step=self.step)
+        self.phase = "advantages"
+        with timer("advantages", row):
+            rewards = [r.reward for r in rollouts]
+            groups = [r.problem_index for r in rollouts]
+            batch = sequences_from_trees([r.tree for r in rollouts], rewards, groups, cfg.algo.advantage,
+                                         cfg.algo.credit, **_adv_kwargs(cfg))
+        ref = None
+        if cfg.uses_ref:
+            self.phase = "ref"
+            with timer("ref", row):
+                ref = self.cluster.ref_logprobs(batch)
+        self.phase = "update"
+        with timer("update", row):
+            row.update(self.cluster.update(batch, ref))
+        self.phase = "sync"
+        with timer("sync", row):
+            version = self.cluster.sync_weights()
+        step_s = time.perf_counter() - t0
+        row.update(rollout_metrics(rollouts, "rollout"))
+        gen = row["rollout/generated_tokens"] * len(rollouts)
+        row.update({"rollout/tokens_per_s": gen / max(row["time/rollout_s"], 1e-9),
+                    "rl/train_tokens_per_s": row["rl/train_tokens"] / max(row["time/update_s"], 1e-9),
+                    "rl/policy_version": version,
+                    "rl/policy_lag": version - 1 - min(r.policy_version for r in rollouts),
+                    "dist/worker_restarts": getattr(self.cluster, "restarts", 0), "time/step_s": step_s})
+        return row
+
+    def evaluate(self) -> dict:
+        """Greedy rollouts of the held-out problems with the current weights."""
+        self.phase = "eval"
+        shards = shards_of(self.eval_problems, self.cluster.num_workers, self.cfg.seed, -1)
+        rollouts = self.cluster.rollout(shards, 1, temperature=0.0)
+        return rollout_metrics(rollouts, "eval")
+
+    # ---- run directory, checkpoints, failure ---------------------------------------------------------
+    def _start(self) -> Path | None:
+        cfg = self.cfg
+        ckpt.refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
+        if cfg.overwrite and not cfg.resume and self.run_dir.exists():
+            for name in ("checkpoints", "final", "metrics.jsonl", "summary.json", "error.json"):
+                p = self.run_dir / name
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        resume_from = ckpt.latest(self.run_dir) if cfg.resume else None
+        if resume_from is not None:
+            self.phase = "resume"
+            self.cluster.load(resume_from)
+            state = json.loads((resume_from / ckpt.STATE_FILE).read_text())
+            self.step = state["step"]
+            _say(f"resuming at step {self.step} from {resume_from}")
+        return resume_from
+
+    def save(self, path: Path) -> Path:
+        """Atomically: learner (HF policy, optimizer, critic, RNG) + driver state (step, data position)."""
+        tmp = path.parent / f".tmp-{path.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.cluster.save(tmp)
+        state = {"step": self.step, "problems_consumed": self.step * self.cfg.train.batch_problems,
+                 "seed": self.cfg.seed}
+        (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def _fail(self, e: BaseException) -> None:
+        """Record why the run stopped; keep a checkpoint of the last finished step unless the learner broke."""
+        saved = "nothing new (the newest checkpoint stands)"
+        if self.phase not in ("update", "resume", "setup") and self.step > 0 and not isinstance(e, KeyboardInterrupt):
+            try:
+                saved = str(self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}"))
+            except Exception as e2:  # the learner may be gone too
+                saved = f"nothing (saving failed: {e2})"
+        info = {"step": self.step, "phase": self.phase, "error": f"{type(e).__name__}: {e}", "saved": saved,
+                "traceback": traceback.format_exc()}
+        (self.run_dir / "error.json").write_text(json.dumps(info, indent=2))
+        if isinstance(e, ConfigError):
+            raise e
+        raise RLError(f"RL run stopped at step {self.step} in phase {self.phase!r}: {type(e).__name__}: {e}. "
+                      f"Saved: {saved}. Details: {self.run_dir / 'error.json'}; resume=true continues.") from e
+
+
+def rollout_metrics(rollouts: list[Rollout], prefix: str) -> dict:
+    """Means over the rollouts: reward, accuracy, thread counts, token costs, thread lengths."""
+    n = max(len(rollouts), 1)
+    ms = [r.metrics for r in rollouts]
+    lengths = [t.num_tokens for r in rollouts for t in r.tree.threads()]
+    mean = lambda k: sum(m[k] for m in ms) / n  # noqa: E731
+    return {f"{prefix}/reward": sum(r.reward for r in rollouts) / n,
+            f"{prefix}/accuracy": sum(r.correct for r in rollouts) / n,
+            f"{prefix}/child_threads": mean("num_child_threads"),
+            f"{prefix}/total_tokens": mean("total_tokens"),
+            f"{prefix}/generated_tokens": mean("generated_tokens"),
+            f"{prefix}/sequential_tokens": mean("sequential_tokens"),
+            f"{prefix}/longest_thread": mean("longest_thread_tokens"),
+            f"{prefix}/thread_len_mean": sum(lengths) / max(len(lengths), 1),
+            f"{prefix}/thread_len_max": max(lengths, default=0),
+            f"{prefix}/latency_s": mean("latency_s")}
+
+
+def _adv_kwargs(cfg: RLConfig) -> dict:
+    return {"norm_std": cfg.algo.norm_std, "eps": cfg.algo.eps} if cfg.algo.advantage == "grpo" else {}
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc="rl")
+
+
+def _say(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"[rl] {msg}")
