@@ -22,7 +22,22 @@ from apr.runtime import Runtime, RuntimeConfig, ThreadTree
 from apr.search import problem_prompt
 from apr.task import Problem, extract_answer, verify_with_reason
 
-ENGINES = ("local",)
+
+def _load_local(path: str, **options):
+    from apr.engine.local import LocalEngine
+
+    return LocalEngine.from_pretrained(path, **options)
+
+
+def _load_sglang(path: str, **options):
+    from apr.engine.sglang import SGLangEngine
+
+    return SGLangEngine.from_pretrained(path, **options)
+
+
+# engine name -> loader(checkpoint dir, **engine options); the tokenizer always loads locally
+_ENGINE_LOADERS = {"local": _load_local, "sglang": _load_sglang}
+ENGINES = tuple(_ENGINE_LOADERS)
 
 
 @dataclass
@@ -87,6 +102,11 @@ class Reasoner:
             self.protocol = ProtocolIds.from_tokenizer(tokenizer)
         except ProtocolError as e:
             raise ConfigError(f"tokenizer: {e}") from None
+        vocab_size = getattr(engine, "vocab_size", None)  # the model the engine serves
+        top_id = max(vars(self.protocol).values())
+        if vocab_size is not None and top_id >= vocab_size:
+            raise ConfigError(f"model: its vocabulary has {vocab_size} ids but the tokenizer's protocol tokens reach "
+                              f"id {top_id}; load the tokenizer saved with this model")
         self.engine = engine
         self.tokenizer = tokenizer
         self.runtime = runtime or RuntimeConfig()
@@ -95,7 +115,12 @@ class Reasoner:
     @classmethod
     def from_pretrained(cls, path: str | Path, engine: str = "local", runtime: RuntimeConfig | None = None,
                         **engine_options) -> Reasoner:
-        """Load a checkpoint directory (HF model + tokenizer) onto an engine (`local`)."""
+        """Load a checkpoint directory (HF model + tokenizer) onto an engine: `local` or `sglang`.
+
+        `sglang` talks to servers that serve the same checkpoint (`urls=[...]`, or `launch=True`);
+        the tokenizer is still read from `path`. Engine options: `LocalEngineConfig` /
+        `SGLangEngineConfig` fields, e.g. `from_pretrained(d, engine="sglang", urls=["http://h:30000"])`.
+        """
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ConfigError(f"model: {str(path)!r} is not a model directory (no config.json); pass the directory "
@@ -107,10 +132,8 @@ class Reasoner:
             fail("engine", engine, ", ".join(ENGINES))
         from transformers import AutoTokenizer
 
-        from apr.engine.local import LocalEngine
-
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(LocalEngine.from_pretrained(str(path), **engine_options), tokenizer, runtime)
+        return cls(_ENGINE_LOADERS[engine](str(path), **engine_options), tokenizer, runtime)
 
     @classmethod
     def from_model(cls, model, tokenizer, runtime: RuntimeConfig | None = None, **engine_options) -> Reasoner:

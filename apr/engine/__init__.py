@@ -8,15 +8,17 @@ Module map (each owns one thing):
 - `kv_cache`: the preallocated KV pool (one slot per live sequence)
 - `llama`: functional Llama forward over the HF model's weights and the pool
 - `sampler`: batch-invariant greedy / temperature / top-k / top-p sampling
+- `sglang`: SGLangEngine + SGLangEngineConfig over SGLang servers' HTTP API; launch_server
 - `scripted`: a model-free engine (next token from a function) for runtime tests
 
-`import apr.engine` stays light: torch loads when `LocalEngine` is first used.
+`import apr.engine` stays light: torch loads when `LocalEngine` is first used, requests when
+`SGLangEngine` is.
 """
 
 from apr.engine.base import Completion, Engine, EngineStats, FinishReason, Request, SamplingParams
 
 __all__ = ["Completion", "Engine", "EngineStats", "FinishReason", "LocalEngine", "LocalEngineConfig", "Request",
-           "SamplingParams"]
+           "SGLangEngine", "SGLangEngineConfig", "SamplingParams"]
 
 
 def __getattr__(name: str):
@@ -24,4 +26,8 @@ def __getattr__(name: str):
         from apr.engine import local
 
         return getattr(local, name)
+    if name in ("SGLangEngine", "SGLangEngineConfig"):
+        from apr.engine import sglang
+
+        return getattr(sglang, name)
     raise AttributeError(f"module 'apr.engine' has no attribute {name!r}")

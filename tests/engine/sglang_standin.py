@@ -1,0 +1,316 @@
+"""A stand-in for a stock SGLang server's native HTTP API, over apr's own engines (a test fixture).
+
+SGLang cannot run on these CPU machines; this server speaks the part of its contract that
+`apr.engine.sglang` uses (FACTS.md, "SGLang's native HTTP API"), with the shapes SGLang uses:
+`/generate` (one request, `input_ids` only), `/health`, `/get_model_info`, `/flush_cache`,
+`/abort_request`, `/update_weights_from_disk`, `/init_weights_update_group`,
+`/update_weights_from_distributed`. One engine-loop thread owns the engine: concurrent HTTP
+requests are batched into the same forward passes. A radix cache is imitated by resuming the
+engine's kept sequence whose ids are the longest prefix of a new request's `input_ids`.
+
+    python tests/engine/sglang_standin.py --model-path runs/sft/x/final --port 30000
+    # in tests: with Standin(model_path) as server: ... server.url ...  (port 0 = any free port)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from apr.engine.base import Request, SamplingParams
+
+
+def load_local_engine(model_path: str):
+    """(LocalEngine over the checkpoint, its eos id, its context length)."""
+    from pathlib import Path
+
+    from apr.engine.local import LocalEngine
+
+    cfg = json.loads((Path(model_path) / "config.json").read_text())
+    context_len = cfg["max_position_embeddings"]
+    engine = LocalEngine.from_pretrained(model_path, max_batch_size=16, max_seq_len=context_len)
+    return engine, cfg.get("eos_token_id"), context_len
+
+
+@dataclass(eq=False)
+class _Job:
+    """One HTTP call waiting for the engine loop."""
+
+    kind: str  # generate | abort | flush | reload
+    body: dict
+    done: threading.Event = field(default_factory=threading.Event)
+    status: int = 200
+    answer: dict | str | None = None  # None: drop the connection (the server "crashed")
+    internal_id: str = ""
+    started_s: float = field(default_factory=time.perf_counter)
+
+
+class Standin:
+    """The HTTP server and its engine loop. `engine_factory(model_path) -> (engine, eos_id, context_len)`."""
+
+    def __init__(self, model_path: str, host: str = "127.0.0.1", port: int = 0, engine_factory=load_local_engine,
+                 step_sleep_s: float = 0.0, max_kept: int = 64) -> None:
+        self.model_path = model_path
+        self.engine_factory = engine_factory
+        self.engine, self.eos_id, self.context_len = engine_factory(model_path)
+        self.weight_version = "default"
+        self.step_sleep_s = step_sleep_s  # slows each engine step (to catch requests mid-flight)
+        self.max_kept = max_kept
+        self.num_generate = 0  # /generate calls answered
+        self.num_failed = 0  # /generate calls failed on purpose (`fail_next`)
+        self.calls: list[tuple[str, dict]] = []  # every POST body, by path
+        self._fail: list[int] = []  # statuses of the next /generate calls to fail
+        self._inbox: queue.Queue[_Job] = queue.Queue()
+        self._deferred: list[_Job] = []  # generate calls held while a reload waits for the engine to drain
+        self._running: dict[str, _Job] = {}  # engine id -> job
+        self._kept: OrderedDict[tuple[int, ...], str] = OrderedDict()  # full ids -> engine id (LRU)
+        self._num_ids = 0
+        self._stopping = threading.Event()
+        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.standin = self
+        self._threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
+                         threading.Thread(target=self._loop, daemon=True)]
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> Standin:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop like a crashed server: listening socket closed, in-flight calls dropped unanswered."""
+        self._stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._threads[1].join(timeout=10)
+        for job in list(self._running.values()) + self._deferred + _drain(self._inbox):
+            job.answer = None
+            job.done.set()
+
+    def fail_next(self, count: int, status: int = 503) -> None:
+        """Answer the next `count` /generate calls with HTTP `status` (fault injection)."""
+        self._fail += [status] * count
+
+    def __enter__(self) -> Standin:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- called from HTTP handler threads ---------------------------------------------------
+    def handle(self, path: str, body: dict) -> tuple[int, dict | str | None]:
+        self.calls.append((path, body))
+        if path == "/generate":
+            if self._fail:
+                self.num_failed += 1
+                return self._fail.pop(0), {"error": {"message": "injected failure"}}
+            error = self._check_generate(body)
+            if error:
+                return 400, {"error": {"message": error}}
+            return self._submit(_Job("generate", body))
+        if path == "/abort_request":
+            return self._submit(_Job("abort", body))
+        if path == "/flush_cache":
+            return self._submit(_Job("flush", body))
+        if path == "/update_weights_from_disk":
+            return self._submit(_Job("reload", body))
+        if path in ("/init_weights_update_group", "/update_weights_from_distributed"):
+            return 200, {"success": True, "message": "stand-in: accepted (no NCCL here)"}
+        return 404, {"detail": "Not Found"}
+
+    def model_info(self) -> dict:
+        return {"model_path": self.model_path, "tokenizer_path": None, "is_generation": True,
+                "weight_version": self.weight_version}
+
+    def _submit(self, job: _Job) -> tuple[int, dict | str | None]:
+        self._inbox.put(job)
+        while not job.done.wait(0.1):
+            if self._stopping.is_set():
+                return 200, None
+        return job.status, job.answer
+
+    def _check_generate(self, body: dict) -> str | None:
+        ids = body.get("input_ids")
+        if not (isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)):
+            return "this stand-in serves one request of token ids (input_ids: a non-empty list of ints)"
+        max_new = body.get("sampling_params", {}).get("max_new_tokens", 128)
+        if len(ids) >= self.context_len:  # SGLang's own checks and messages
+            return f"The input ({len(ids)} tokens) is longer than the model's context length ({self.context_len} tokens)."
+        if len(ids) + max_new >= self.context_len:
+            return f"Requested token count exceeds the model's maximum context length of {self.context_len} tokens."
+        return None
+
+    # ---- the engine loop (one thread owns the engine) ----------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            idle = not self.engine.has_work()
+            try:
+                first = self._inbox.get(timeout=0.05) if idle else self._inbox.get_nowait()
+                jobs = [first] + _drain(self._inbox)
+            except queue.Empty:
+                jobs = []
+            for job in jobs:
+                self._dispatch(job)
+            reloads = [j for j in self._deferred if j.kind == "reload"]
+            if reloads and not self.engine.has_work():
+                self._reload(reloads[0])
+            if self.engine.has_work():
+                if self.step_sleep_s:
+                    time.sleep(self.step_sleep_s)
+                for c in self.engine.step():
+                    self._answer(c)
+
+    def _dispatch(self, job: _Job) -> None:
+        if job.kind == "reload" or (job.kind == "generate" and any(j.kind == "reload" for j in self._deferred)):
+            self._deferred.append(job)  # SGLang lets in-flight requests finish before it swaps weights
+        elif job.kind == "generate":
+            self._admit(job)
+        elif job.kind == "abort":
+            for iid, running in list(self._running.items()):
+                if job.body.get("abort_all") or running.body.get("rid") == job.body.get("rid"):
+                    self.engine.abort(iid)
+            self._reply(job, 200, "")
+        elif job.kind == "flush":
+            self._release_kept(len(self._kept))
+            self._reply(job, 200, "Cache flushed.\nPlease check backend logs for more details. ")
+
+    def _admit(self, job: _Job) -> None:
+        ids = job.body["input_ids"]
+        sp = job.body.get("sampling_params", {})
+        stops = tuple(sp.get("stop_token_ids") or ()) + (() if self.eos_id is None else (self.eos_id,))
+        top_k = sp.get("top_k", -1)
+        params = SamplingParams(float(sp.get("temperature", 1.0)), float(sp.get("top_p", 1.0)),
+                                -1 if top_k in (0, -1) else top_k, sp.get("max_new_tokens", 128), stops,
+                                sp.get("sampling_seed"))
+        self._num_ids += 1
+        job.internal_id = iid = f"q{self._num_ids}"
+        prefix = max((k for k in self._kept if len(k) <= len(ids) and tuple(ids[:len(k)]) == k), key=len, default=None)
+        if prefix is None:
+            request = Request(iid, ids, params, keep_cache=True)
+        else:
+            request = Request(iid, ids[len(prefix):], params, resume_id=self._kept.pop(prefix), keep_cache=True)
+        self._running[iid] = job
+        self.engine.submit(request)
+
+    def _answer(self, c) -> None:
+        job = self._running.pop(c.request_id)
+        ids = job.body["input_ids"]
+        if c.finish_reason == "abort":
+            reason = {"type": "abort", "message": "Abort in waiting queue"}
+        elif c.finish_reason == "stop":
+            reason = {"type": "stop", "matched": c.output_ids[-1]}
+            self._keep(ids + c.output_ids, c.request_id)
+        else:
+            reason = {"type": "length", "length": len(c.output_ids)}
+            self._keep(ids + c.output_ids, c.request_id)
+        meta = {"id": job.body.get("rid", job.internal_id), "finish_reason": reason, "prompt_tokens": len(ids),
+                "completion_tokens": len(c.output_ids), "cached_tokens": c.num_cached_tokens,
+                "output_token_logprobs": [[lp, t, None] for lp, t in zip(c.logprobs, c.output_ids)],
+                "e2e_latency": time.perf_counter() - job.started_s, "weight_version": self.weight_version}
+        self.num_generate += 1
+        self._reply(job, 200, {"text": "", "output_ids": c.output_ids, "meta_info": meta})
+
+    def _keep(self, full_ids: list[int], iid: str) -> None:
+        self._kept[tuple(full_ids)] = iid
+        self._release_kept(len(self._kept) - self.max_kept)
+
+    def _release_kept(self, count: int) -> None:
+        for _ in range(max(count, 0)):
+            _, iid = self._kept.popitem(last=False)
+            self.engine.release(iid)
+
+    def _reload(self, job: _Job) -> None:
+        self._deferred.remove(job)
+        try:
+            self.engine, self.eos_id, self.context_len = self.engine_factory(job.body["model_path"])
+        except Exception as e:  # SGLang answers a failed load with success false, old weights kept
+            self._reply(job, 400, {"success": False, "message": f"Failed to load weights: {e}"})
+        else:
+            self._kept.clear()  # a new engine: nothing cached
+            self.model_path = job.body["model_path"]
+            self.weight_version = str(job.body.get("weight_version", self.weight_version))
+            self._reply(job, 200, {"success": True, "message": "Succeeded to update model weights.",
+                                   "num_paused_requests": 0})
+        held, self._deferred = self._deferred, []
+        for j in held:
+            self._dispatch(j)
+
+    @staticmethod
+    def _reply(job: _Job, status: int, answer) -> None:
+        job.status, job.answer = status, answer
+        job.done.set()
+
+
+def _drain(q: queue.Queue) -> list:
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        standin = self.server.standin
+        if self.path == "/health":
+            self._send(200, "")
+        elif self.path == "/get_model_info":
+            self._send(200, standin.model_info())
+        else:
+            self._send(404, {"detail": "Not Found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as e:
+            return self._send(400, {"error": {"message": f"invalid JSON: {e}"}})
+        status, answer = self.server.standin.handle(self.path, body)
+        if answer is None:  # crashed mid-request: close without an answer
+            self.close_connection = True
+            return
+        self._send(status, answer)
+
+    def _send(self, status: int, answer) -> None:
+        data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
+        self.send_response(status)
+        self.send_header("content-type", "text/plain" if isinstance(answer, str) else "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    args, _ = parser.parse_known_args()  # SGLang's other options (--skip-tokenizer-init, --tp-size, ...) are ignored
+    import torch
+
+    torch.set_num_threads(1)
+    server = Standin(args.model_path, args.host, args.port).start()
+    print(f"stand-in SGLang server on {server.url}", flush=True)
+    try:
+        server._threads[0].join()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
