@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"data": "apr.cli.data", "solve": "apr.cli.solve", "eval": "apr.cli.eval", "sft": "apr.cli.sft", "rl": "apr.cli.rl"}
+COMMANDS = {"data": "apr.cli.data", "solve": "apr.cli.solve", "eval": "apr.cli.eval", "sft": "apr.cli.sft", "rl": "apr.cli.rl",
+            "report": "apr.cli.report"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
               "  sft    train a model on solver traces (Hydra overrides, e.g. +sft=n3_tiny_sosp)\n"
               "  rl     GRPO/PPO of a trained model on Ray (Hydra overrides, e.g. init=runs/sft/x/final)\n"
               "  eval   evaluate checkpoints on held-out problems (Hydra overrides: models.<name>=<dir>)\n"
+              "  report write REPORT.md for a quickstart-style run directory: apr report --root runs/quickstart\n"
               "  solve  solve a Countdown problem with a trained model: apr solve --model DIR --numbers 22 26 31 53 --target 27")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     import importlib
