@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 # torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft clean
+.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft bench-rl clean repro-small
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,16 +25,40 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# N=3 Countdown: data, a tiny SoS+ model (~10 min of CPU), held-out evaluation. Re-running resumes.
+# N=3 Countdown: data, a tiny APR model (~12 min of CPU), a few GRPO steps on a local Ray cluster,
+# held-out evaluation, runs/quickstart/REPORT.md. Re-running resumes (finished stages are skipped).
 QS := runs/quickstart
 quickstart: $(STAMP)
 	@test -f $(QS)/data/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=20000 \
 		data.num_val=200 data.num_test=200 data.out_dir=$(QS)/data
-	@test -f $(QS)/sft/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n3_tiny_sosp name=quickstart \
+	@test -f $(QS)/sft/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n3_tiny_apr name=quickstart \
 		data.dir=$(QS)/data run_dir=$(QS)/sft resume=true
-	$(BIN)/python -m apr.cli.eval models.sosp=$(QS)/sft/final data_dir=$(QS)/data num_problems=200 \
-		out_dir=$(QS)/eval eval.max_thread_tokens=512 'eval.windows=[256,384,512]'
-	@echo "data: $(QS)/data/stats.md  model: $(QS)/sft/final  evaluation: $(QS)/eval/results.md"
+	@test -f $(QS)/rl/final/config.json || $(BIN)/python -m apr.cli.rl +rl=n3_tiny name=quickstart_rl \
+		init=$(QS)/sft/final data.dir=$(QS)/data run_dir=$(QS)/rl train.steps=4 checkpoint.every_steps=2 \
+		rollout.eval_problems=0 resume=true
+	$(BIN)/python -m apr.cli.eval models.sosp=null models.apr=$(QS)/sft/final +models.apr_rl=$(QS)/rl/final \
+		data_dir=$(QS)/data num_problems=200 out_dir=$(QS)/eval eval.max_thread_tokens=512 \
+		'eval.windows=[256,384,512]' 'eval.temperatures=[0.0]' eval.cons_pass_n=0
+	$(BIN)/python -m apr.cli.report --root $(QS)
+	@echo "report: $(QS)/REPORT.md  (data: $(QS)/data/stats.md, models: $(QS)/sft/final $(QS)/rl/final)"
+
+# The N=4 reproduction at small scale (docs/RESULTS.md): data, SoS+ and APR SFT of the `small` model,
+# GRPO of both, evaluation of all four on 500 test problems. ~8-10 hours on 2 CPU cores; every stage
+# resumes where it stopped (re-run the target), finished stages are skipped.
+repro-small: $(STAMP)
+	@test -f data/countdown_n4/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n4 \
+		data.num_train=20000 data.num_val=200 data.num_test=500 data.out_dir=data/countdown_n4
+	@test -f runs/sft/n4_small_sosp/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n4_small_sosp resume=true
+	@test -f runs/sft/n4_small_apr/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n4_small_apr resume=true
+	@test -f runs/rl/n4_small_apr_grpo/final/config.json || $(BIN)/python -m apr.cli.rl +rl=n4_small \
+		init=runs/sft/n4_small_apr/final name=n4_small_apr_grpo resume=true
+	@test -f runs/rl/n4_small_sosp_grpo/final/config.json || $(BIN)/python -m apr.cli.rl +rl=n4_small \
+		init=runs/sft/n4_small_sosp/final name=n4_small_sosp_grpo loss.kl_coef=0.01 \
+		rollout.runtime.max_thread_tokens=3072 resume=true
+	$(BIN)/python -m apr.cli.eval models.sosp=runs/sft/n4_small_sosp/final models.apr=runs/sft/n4_small_apr/final \
+		+models.sosp_rl=runs/rl/n4_small_sosp_grpo/final +models.apr_rl=runs/rl/n4_small_apr_grpo/final \
+		data_dir=data/countdown_n4 num_problems=500 out_dir=runs/eval/repro_small eval.max_thread_tokens=3072 \
+		'eval.windows=[256,512,768,1024,2048,3072]'
 
 # NAME picks the settings: conditions from eval.conditions.<NAME>, cons@n/pass@n if NAME is in
 # eval.cons_pass_models (sosp); `<NAME>_rl` inherits them. Plain `=`: set on the command line, not from
@@ -61,5 +85,11 @@ bench-engine: $(STAMP)
 bench-sft: $(STAMP)
 	$(BIN)/python benchmarks/bench_sft.py
 
+# One GRPO step against TRL's GRPOTrainer; TRL comes from the `bench` extra (never a required dependency).
+bench-rl: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/bench_rl.py
+
+# removes the virtualenv and caches; trained runs (runs/) and data (data/) are kept
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache

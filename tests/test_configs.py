@@ -55,7 +55,7 @@ def test_eval_config_composes():
 
 
 @pytest.mark.parametrize("dist", ["none", "ray_local", "ray_cluster"])
-@pytest.mark.parametrize("preset", [None, "paper", "n3_tiny"])
+@pytest.mark.parametrize("preset", [None, "paper", "n3_tiny", "n4_small"])
 def test_rl_config_composes(dist, preset):
     from apr.rl.config import RLConfig
 

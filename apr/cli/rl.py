@@ -29,8 +29,12 @@ def run(c: dict) -> dict:
 
 
 def _main(c: dict) -> None:
+    import signal
+
     from apr.rl.trainer import RLError
 
+    # SIGTERM (kill, Slurm's preemption) unwinds like Ctrl-C: the run's local Ray cluster is shut down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         summary = run(c)
     except RLError as e:

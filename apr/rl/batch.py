@@ -106,14 +106,18 @@ def sequences_from_trees(trees, rewards: list[float], group_ids: list[int], adva
                          torch.tensor([len(x) for x in rows]), torch.tensor(scores))
 
 
-def token_logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of each token given its prefix, entropy of the predictive distribution), both (N, T).
 
     Position 0 has no prefix and gets 0; labels are NOT shifted by hand beyond this one alignment.
+    The entropy is computed without a graph unless `entropy_grad` (an entropy bonus needs one),
+    and no (N, T, V) log-softmax is kept: log p = logit - logsumexp.
     """
-    logits = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits.float()  # (N, T, V)
-    logp_all = torch.log_softmax(logits[:, :-1], dim=-1)  # (N, T-1, V)
-    logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, T-1)
-    zero = torch.zeros(ids.shape[0], 1)  # (N, 1)
+    logits = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()  # (N, T-1, V)
+    lse = torch.logsumexp(logits, -1)  # (N, T-1)
+    logp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - lse  # (N, T-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)  # (N, T-1)
+    zero = torch.zeros(ids.shape[0], 1, device=ids.device)  # (N, 1)
     return torch.cat([zero, logp], 1), torch.cat([zero, entropy], 1)

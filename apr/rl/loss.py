@@ -28,7 +28,7 @@ def policy_loss(model, batch: SequenceBatch, cfg: LossConfig, ref_logprobs: torc
     `denom`: the whole batch's aggregation denominator when `batch` is one micro-batch of it."""
     # Rows are right-padded: under causal attention padding never reaches a real token, so no mask.
     with autocast():
-        logp, entropy = token_logprobs(model, batch.ids)  # (N, T), (N, T)
+        logp, entropy = token_logprobs(model, batch.ids, entropy_grad=cfg.entropy_coef > 0)  # (N, T), (N, T)
     adv = token_advantages(batch)  # (N, T)
     per_token, clipped = POLICY_LOSSES[cfg.policy](logp, batch.old_logprobs, adv, clip=cfg.clip)  # (N, T)
     kl = kl_k3(logp, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(logp)  # (N, T)

@@ -221,7 +221,8 @@ class RLTrainer:
     def _fail(self, e: BaseException) -> None:
         """Record why the run stopped; keep a checkpoint of the last finished step unless the learner broke."""
         saved = "nothing new (the newest checkpoint stands)"
-        if self.phase not in ("update", "resume", "setup") and self.step > 0 and not isinstance(e, KeyboardInterrupt):
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))  # Ctrl-C, or SIGTERM (see apr.cli.rl)
+        if self.phase not in ("update", "resume", "setup") and self.step > 0 and not stopped:
             try:
                 saved = str(self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}"))
             except Exception as e2:  # the learner may be gone too
@@ -229,7 +230,7 @@ class RLTrainer:
         info = {"step": self.step, "phase": self.phase, "error": f"{type(e).__name__}: {e}", "saved": saved,
                 "traceback": traceback.format_exc()}
         (self.run_dir / "error.json").write_text(json.dumps(info, indent=2))
-        if isinstance(e, ConfigError):
+        if isinstance(e, (ConfigError, KeyboardInterrupt, SystemExit)):
             raise e
         raise RLError(f"RL run stopped at step {self.step} in phase {self.phase!r}: {type(e).__name__}: {e}. "
                       f"Saved: {saved}. Details: {self.run_dir / 'error.json'}; resume=true continues.") from e
