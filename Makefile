@@ -11,16 +11,18 @@ export RAY_AUTH_MODE ?= disabled
 # torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft bench-rl clean repro-small
+.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-paper
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # torch first and pinned: the CPU build is on disk; an unpinned torch pulls a multi-GB CUDA build.
+# The deepspeed extra stays CPU-only here (it adds deepspeed and small pure-Python deps; checked with
+# pip install --dry-run): the tests of the DeepSpeed SFT and RL strategies run, not skip.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,sglang]'
+	$(BIN)/pip install -q -e '.[dev,sglang,deepspeed]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -59,6 +61,27 @@ repro-small: $(STAMP)
 		+models.sosp_rl=runs/rl/n4_small_sosp_grpo/final +models.apr_rl=runs/rl/n4_small_apr_grpo/final \
 		data_dir=data/countdown_n4 num_problems=500 out_dir=runs/eval/repro_small eval.max_thread_tokens=3072 \
 		'eval.windows=[256,512,768,1024,2048,3072]'
+
+# The paper's experiment at full scale on GPUs (conf/experiment/paper_repro.yaml: its stages, overrides and
+# cost; the stages' overrides are read from that file). NGPUS processes for SFT (all visible GPUs by default);
+# DIST=ray_cluster runs RL on a running Ray cluster (launch/); SFT_ARGS / RL_ARGS append overrides, e.g.
+# RL_ARGS='dist.num_rollout_workers=3' on a 4-GPU box. Every stage resumes; finished stages are skipped.
+REPRO := conf/experiment/paper_repro.yaml
+NGPUS ?= $(shell (nvidia-smi -L 2>/dev/null || true) | wc -l)
+DIST ?= ray_local
+repro_args = $(shell $(BIN)/python -c "import shlex, yaml; print(shlex.join(yaml.safe_load(open('$(REPRO)'))['$(1)']))")
+repro-paper: $(STAMP)
+	@test "$(NGPUS)" -ge 1 || { echo "repro-paper needs CUDA GPUs (NGPUS=$(NGPUS)); see $(REPRO)"; exit 2; }
+	@test -f data/countdown_n4_paper/stats.json || $(BIN)/python -m apr.cli.data $(call repro_args,data)
+	@test -f runs/sft/paper_sosp/final/config.json || $(BIN)/torchrun --standalone --nproc_per_node $(NGPUS) \
+		-m apr.cli.sft $(call repro_args,sft_sosp) $(SFT_ARGS)
+	@test -f runs/sft/paper_apr/final/config.json || $(BIN)/torchrun --standalone --nproc_per_node $(NGPUS) \
+		-m apr.cli.sft $(call repro_args,sft_apr) $(SFT_ARGS)
+	@test -f runs/rl/paper_apr_grpo/final/config.json || $(BIN)/python -m apr.cli.rl $(call repro_args,rl_apr) \
+		dist=$(DIST) $(RL_ARGS)
+	@test -f runs/rl/paper_sosp_grpo/final/config.json || $(BIN)/python -m apr.cli.rl $(call repro_args,rl_sosp) \
+		dist=$(DIST) $(RL_ARGS)
+	$(BIN)/python -m apr.cli.eval $(call repro_args,eval)
 
 # NAME picks the settings: conditions from eval.conditions.<NAME>, cons@n/pass@n if NAME is in
 # eval.cons_pass_models (sosp); `<NAME>_rl` inherits them. Plain `=`: set on the command line, not from

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from apr.cli.common import to_container
@@ -54,8 +55,12 @@ def test_eval_config_composes():
     assert from_dict(EvalConfig, c["eval"], "eval").max_thread_tokens == 1024
 
 
-@pytest.mark.parametrize("dist", ["none", "ray_local", "ray_cluster"])
-@pytest.mark.parametrize("preset", [None, "paper", "n3_tiny", "n4_small"])
+DISTS = sorted(p.stem for p in (CONF / "dist").glob("*.yaml"))
+RL_PRESETS = [None, *sorted(p.stem for p in (CONF / "rl").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("preset", RL_PRESETS)
 def test_rl_config_composes(dist, preset):
     from apr.rl.config import RLConfig
 
@@ -68,3 +73,58 @@ def test_rl_config_composes(dist, preset):
     if preset == "paper":
         assert (cfg.train.batch_problems, cfg.algo.group_size, cfg.optim.lr, cfg.train.steps) == (64, 5, 1e-5, 150)
         assert cfg.rollout.engine_options["max_seq_len"] == 4096
+    assert cfg.dist.placement.strategy is None  # no placement group unless asked for
+
+
+def test_placement_config_is_checked():
+    from apr.config import ConfigError
+    from apr.rl.config import DistConfig
+
+    d = from_dict(DistConfig, {"placement": {"strategy": "SPREAD"}, "ref_gpus": 0.5}, "dist")
+    assert d.placement.strategy == "SPREAD" and d.placement.timeout_s > 0
+    with pytest.raises(ConfigError, match="dist.placement.strategy"):
+        from_dict(DistConfig, {"placement": {"strategy": "spread-out"}}, "dist")
+    with pytest.raises(ConfigError, match="dist.worker_cpus/worker_gpus"):
+        from_dict(DistConfig, {"placement": {"strategy": "PACK"}, "worker_cpus": 0, "worker_gpus": 0}, "dist")
+
+
+# conf/experiment/paper_repro.yaml: each stage's overrides, composed into the entry point `make repro-paper`
+# runs them with (see the Makefile)
+REPRO = yaml.safe_load((CONF / "experiment" / "paper_repro.yaml").read_text())
+STAGE_CONFIG = {"data": "data", "sft_sosp": "sft", "sft_apr": "sft", "rl_apr": "rl", "rl_sosp": "rl", "eval": "eval"}
+
+
+def test_paper_repro_lists_every_stage_the_makefile_runs():
+    makefile = (CONF.parent / "Makefile").read_text()
+    ran = set(re.findall(r"\$\(call repro_args,(\w+)\)", makefile))
+    assert ran == set(REPRO) == set(STAGE_CONFIG)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_CONFIG))
+def test_paper_repro_stage_composes(stage):
+    from apr.eval import EvalConfig
+    from apr.rl.config import RLConfig
+    from apr.sft import SFTConfig
+
+    name = STAGE_CONFIG[stage]
+    overrides = REPRO[stage] + (["dist=ray_cluster"] if name == "rl" else [])
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        c = to_container(compose(name, overrides=overrides))
+    c.pop("hydra", None)
+    if name == "data":
+        assert from_dict(DataConfig, c["data"], "data").num_train == 500_000
+        assert from_dict(CountdownConfig, c["task"], "task").num_numbers == 4
+    elif name == "sft":
+        cfg = from_dict(SFTConfig, c, "")
+        assert (cfg.model.name, cfg.data.max_seq_len, cfg.optim.lr) == ("paper_228m", 4096, 5e-5)
+        assert cfg.train.batch_rows * cfg.train.grad_accum_steps * 8 == 256  # the paper's batch on 8 GPUs
+    elif name == "rl":
+        cfg = from_dict(RLConfig, c, "")
+        assert (cfg.train.batch_problems, cfg.algo.group_size, cfg.train.steps) == (64, 5, 150)
+        assert cfg.rollout.engine_options["device"] == "cuda" and cfg.dist.placement.strategy == "PACK"
+        gpus = cfg.dist.num_rollout_workers * cfg.dist.worker_gpus + cfg.dist.learner_gpus + cfg.dist.ref_gpus
+        assert gpus == 8
+        assert cfg.loss.kl_coef == (0.01 if stage == "rl_sosp" else 0.001)
+    else:
+        assert from_dict(EvalConfig, c["eval"], "eval").max_thread_tokens == 4096
+        assert set(c["models"]) == {"sosp", "apr", "sosp_rl", "apr_rl"}

@@ -4,6 +4,8 @@
     python -m apr.cli.rl ... dist=none                     # one process, no Ray (debugging)
     python -m apr.cli.rl +rl=paper init=... dist=ray_cluster    # the paper's settings, on a running cluster
     python -m apr.cli.rl ... resume=true                   # continue from the newest checkpoint
+    python -m apr.cli.rl ... train.strategy=deepspeed train.zero_stage=2   # DeepSpeed ZeRO learner
+    python -m apr.cli.rl ... dist.placement.strategy=PACK  # reserve the actors' CPUs/GPUs in a placement group
 
 Writes runs/rl/<name>/{config.json,metrics.jsonl,checkpoints/,final/,summary.json}.
 """

@@ -12,6 +12,10 @@ Fault tolerance: a rollout call that fails because its worker died (or the worke
 replaces that worker by a fresh actor, gives it the current weights and re-runs its shard, up
 to `dist.max_worker_restarts` times per call. Every `ray.get` has a timeout, so nothing hangs.
 
+Placement (`dist.placement.strategy`, off by default): one placement group reserves a bundle for
+the learner (+ reference) and one per rollout worker before any actor starts, PACKed onto few
+nodes or SPREAD over many; each actor is scheduled into its own bundle (a replaced worker too).
+
     >>> # cluster = RayCluster(cfg); RLTrainer(cfg, cluster).fit()
 """
 
@@ -48,8 +52,8 @@ class LearnerActor:
 
 
 class RefActor:
-    def __init__(self, path: str, max_tokens: int, precision: str, num_threads: int) -> None:
-        self.ref = RefPolicy(path, max_tokens, precision, num_threads=num_threads)
+    def __init__(self, path: str, max_tokens: int, precision: str, num_threads: int, device: str = "cpu") -> None:
+        self.ref = RefPolicy(path, max_tokens, precision, device, num_threads)
 
     def logprobs(self, batch):
         return self.ref.logprobs(batch)
@@ -71,12 +75,15 @@ class RayCluster:
             else:
                 self._start_local(cfg)
         self.timeout = d.call_timeout_s
-        self.learner = ray.remote(num_cpus=d.learner_cpus, num_gpus=d.learner_gpus)(LearnerActor).remote(cfg)
+        self.pg = self._placement_group()
+        self.learner = ray.remote(num_cpus=d.learner_cpus, num_gpus=d.learner_gpus)(LearnerActor).options(
+            **self._in_bundle(0)).remote(cfg)
         self.ref = None
         if cfg.uses_ref:
-            self.ref = ray.remote(num_cpus=d.ref_cpus)(RefActor).remote(
-                cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision, cfg.train.num_threads)
-        self.workers = [self._new_worker() for _ in range(d.num_rollout_workers)]
+            self.ref = ray.remote(num_cpus=d.ref_cpus, num_gpus=d.ref_gpus)(RefActor).options(
+                **self._in_bundle(0)).remote(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision,
+                                            cfg.train.num_threads, "cuda" if d.ref_gpus > 0 else "cpu")
+        self.workers = [self._new_worker(i) for i in range(d.num_rollout_workers)]
         self.num_workers = len(self.workers)
         self.restarts = 0
         self._weights: tuple[list, int] | None = None  # the refs of the latest sync, for replaced workers
@@ -85,7 +92,7 @@ class RayCluster:
         d = cfg.dist
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private single-machine cluster needs no token
         tmp = Path(cfg.run_dir).resolve() / "ray"
-        if len(str(tmp)) > 60:  # Ray's unix sockets live under it and paths are limited to ~107 bytes
+        if len(str(tmp)) > 40:  # Ray's sockets live ~65 bytes below it; unix socket paths are limited to 107
             tmp = Path(tempfile.mkdtemp(prefix="apr-ray-"))
         tmp.mkdir(parents=True, exist_ok=True)
         cpus = math.ceil(d.learner_cpus + d.ref_cpus + d.worker_cpus * d.num_rollout_workers)
@@ -93,9 +100,39 @@ class RayCluster:
                  configure_logging=True)
         self._owns_ray = True
 
-    def _new_worker(self):
+    def _placement_group(self):
+        """The placement group of `dist.placement` (bundle 0: learner + reference, 1+i: worker i), or None."""
+        d = self.cfg.dist
+        if d.placement.strategy is None:
+            return None
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        def bundle(cpus: float, gpus: float) -> dict:
+            return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+
+        bundles = [bundle(d.learner_cpus + d.ref_cpus, d.learner_gpus + d.ref_gpus)]
+        bundles += [bundle(d.worker_cpus, d.worker_gpus) for _ in range(d.num_rollout_workers)]
+        pg = placement_group(bundles, strategy=d.placement.strategy)
+        try:
+            ray.get(pg.ready(), timeout=d.placement.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(pg)
+            raise RuntimeError(f"dist.placement: the cluster did not grant {len(bundles)} bundles {bundles} "
+                               f"({d.placement.strategy}) within {d.placement.timeout_s:.0f} s; it has "
+                               f"{ray.cluster_resources()}") from None
+        return pg
+
+    def _in_bundle(self, index: int) -> dict:
+        """Actor options that schedule it into bundle `index` of the placement group (none without one)."""
+        if self.pg is None:
+            return {}
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)}
+
+    def _new_worker(self, i: int):
         c, d = self.cfg, self.cfg.dist
-        actor = ray.remote(num_cpus=d.worker_cpus, num_gpus=d.worker_gpus)(WorkerActor)
+        actor = ray.remote(num_cpus=d.worker_cpus, num_gpus=d.worker_gpus)(WorkerActor).options(**self._in_bundle(1 + i))
         return actor.remote(c.init, c.rollout, c.algo, c.data.condition, d.worker_threads)
 
     def _get(self, ref):
@@ -136,7 +173,7 @@ class RayCluster:
             ray.kill(self.workers[i], no_restart=True)
         except Exception:  # already gone
             pass
-        self.workers[i] = self._new_worker()
+        self.workers[i] = self._new_worker(i)
         self.restarts += 1
         if self._weights is not None:
             refs, version = self._weights
@@ -172,5 +209,9 @@ class RayCluster:
                     ray.kill(a)
                 except Exception:
                     pass
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
         if self._owns_ray:
             ray.shutdown()

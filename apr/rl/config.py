@@ -145,6 +145,26 @@ class RolloutConfig:
         check(self.eval_problems >= 0, "rollout.eval_problems", self.eval_problems, ">= 0 (0: off)")
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+@dataclass
+class PlacementConfig:
+    """An optional Ray placement group: every actor's resources reserved up front, all or nothing.
+
+    Bundle 0 holds the learner (and the reference, which shares it); bundle 1+i rollout worker i,
+    each sized by the `dist.*_cpus` / `*_gpus` fields, so the workers' GPUs and the learner's are
+    disjoint. A replaced worker restarts in its own bundle."""
+
+    strategy: str | None = None  # None: no group (Ray places each actor where it fits); see PLACEMENT_STRATEGIES
+    timeout_s: float = 600.0  # wait this long for the cluster to grant the group, then fail with an error
+
+    def __post_init__(self) -> None:
+        check(self.strategy is None or self.strategy in PLACEMENT_STRATEGIES, "dist.placement.strategy",
+              self.strategy, "null, " + ", ".join(PLACEMENT_STRATEGIES))
+        check(self.timeout_s > 0, "dist.placement.timeout_s", self.timeout_s, "a positive number of seconds")
+
+
 @dataclass
 class DistConfig:
     """Where the pieces run: one process, a local Ray cluster, or an existing one."""
@@ -158,10 +178,12 @@ class DistConfig:
     learner_cpus: float = 1.0
     learner_gpus: float = 0.0
     ref_cpus: float = 0.0
+    ref_gpus: float = 0.0  # >0: the reference runs on CUDA (e.g. 0.5 + learner_gpus 0.5: one GPU shared)
     bucket_mb: float = 32.0  # weight sync: parameters per object-store bucket
     max_worker_restarts: int = 3  # per step: a dead rollout worker is replaced and its share re-run
     call_timeout_s: float = 3600.0  # any remote call longer than this fails the run (never hangs)
     kill_worker_at_step: int | None = None  # fault injection (tests): worker 0 dies mid-rollout at this step
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def __post_init__(self) -> None:
         check(self.num_rollout_workers >= 1, "dist.num_rollout_workers", self.num_rollout_workers,
@@ -169,6 +191,11 @@ class DistConfig:
         check(self.bucket_mb > 0, "dist.bucket_mb", self.bucket_mb, "a positive number of MB")
         check(self.max_worker_restarts >= 0, "dist.max_worker_restarts", self.max_worker_restarts, ">= 0")
         check(self.call_timeout_s > 0, "dist.call_timeout_s", self.call_timeout_s, "a positive number of seconds")
+        if self.placement.strategy is not None:  # a bundle must reserve something
+            check(self.learner_cpus + self.learner_gpus + self.ref_cpus + self.ref_gpus > 0, "dist.learner_cpus/learner_gpus",
+                  (self.learner_cpus, self.learner_gpus), "some CPU or GPU when dist.placement.strategy is set")
+            check(self.worker_cpus + self.worker_gpus > 0, "dist.worker_cpus/worker_gpus",
+                  (self.worker_cpus, self.worker_gpus), "some CPU or GPU when dist.placement.strategy is set")
 
 
 @dataclass

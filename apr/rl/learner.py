@@ -4,6 +4,7 @@ Runs in-process (`dist=none`) or inside a Ray actor (`apr.dist`). An update take
 token-exact `SequenceBatch`, runs `train.inner_steps` optimizer steps over it in micro-batches of at
 most `train.micro_batch_tokens` padded tokens (gradients accumulate; losses are normalised by the
 whole batch's denominator, so micro-batching does not change the step), and bumps the policy version.
+How a model is stepped (plain torch, or DeepSpeed ZeRO) is `train.strategy` (`apr.rl.strategy`).
 
     >>> # learner = Learner(cfg)                    # policy, optimizer (+ critic) from cfg.init
     >>> # metrics = learner.update(batch, ref_logprobs)
@@ -22,6 +23,7 @@ from apr.rl.algos import aggregation_denominator, gae
 from apr.rl.batch import SequenceBatch, micro_batches, token_logprobs
 from apr.rl.config import RLConfig
 from apr.rl.loss import policy_loss, value_loss
+from apr.rl.strategy import STRATEGIES
 from apr.rl.weights import to_buckets
 from apr.sft.checkpoint import rng_state, set_rng_state
 
@@ -91,7 +93,10 @@ def _device(name: str) -> torch.device:
 
 
 class Learner:
-    """Policy + AdamW (+ critic + AdamW for PPO); `update` is one RL step (see the module docstring)."""
+    """Policy + AdamW (+ critic + AdamW for PPO); `update` is one RL step (see the module docstring).
+
+    `self.policy` / `self.critic` are `apr.rl.strategy` trainables: `.model` runs forward (the
+    module, or DeepSpeed's engine), `.module` is the model itself."""
 
     def __init__(self, cfg: RLConfig) -> None:
         t = cfg.train
@@ -101,31 +106,26 @@ class Learner:
         self.cfg = cfg
         self.device = _device(t.device)
         self.autocast = _autocast(t.precision, self.device)
-        self.policy, self.tokenizer = load_checkpoint(cfg.init)
-        self.policy.to(self.device, torch.float32)
-        self.policy.config.use_cache = False
-        self.policy.train()
-        self.opt, self.sched = self._optimizer(self.policy.parameters(), cfg.optim.lr)
-        self.critic = self.critic_opt = self.critic_sched = None
+        strategy = STRATEGIES[t.strategy]
+        policy, self.tokenizer = load_checkpoint(cfg.init)
+        policy.to(self.device, torch.float32)
+        policy.config.use_cache = False
+        policy.train()
+        self.policy = strategy(policy, cfg, cfg.optim.lr, "policy", self.device)
+        self.critic = None
         if cfg.uses_critic:
-            self.critic = ValueModel(cfg.init).to(self.device).train()
-            self.critic_opt, self.critic_sched = self._optimizer(self.critic.parameters(), cfg.optim.critic_lr)
+            critic = ValueModel(cfg.init).to(self.device).train()
+            self.critic = strategy(critic, cfg, cfg.optim.critic_lr, "critic", self.device)
         self.version = 0  # optimizer updates applied (one per RL step)
-
-    def _optimizer(self, params, lr: float):
-        o = self.cfg.optim
-        opt = torch.optim.AdamW(list(params), lr=lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-        warm = max(o.warmup_steps, 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        return opt, sched
 
     # ---- one RL step --------------------------------------------------------------------------------
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
-        self.policy.eval()
+        model = self.policy.model
+        model.eval()
         try:
-            return batched_logprobs(self.policy, batch, self.cfg.train.micro_batch_tokens, self.autocast, self.device)
+            return batched_logprobs(model, batch, self.cfg.train.micro_batch_tokens, self.autocast, self.device)
         finally:
-            self.policy.train()
+            model.train()
 
     def update(self, batch: SequenceBatch, ref_logprobs: torch.Tensor | None = None) -> dict:
         """`train.inner_steps` optimizer steps on `batch`; returns the step's learner metrics."""
@@ -143,15 +143,16 @@ class Learner:
         groups = micro_batches(batch.lengths.tolist(), t.micro_batch_tokens)
         sums: dict[str, float] = {}
         for _ in range(t.inner_steps):
-            self.opt.zero_grad(set_to_none=True)
-            if self.critic_opt is not None:
-                self.critic_opt.zero_grad(set_to_none=True)
+            self.policy.zero_grad()
+            if self.critic is not None:
+                self.critic.zero_grad()
             loss_total = vloss_total = 0.0
-            for rows in groups:
+            for j, rows in enumerate(groups):
+                is_last = j == len(groups) - 1
                 sub = batch.select(rows).to(self.device)
                 ref = None if ref_logprobs is None else ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]].to(self.device)
-                loss, s = policy_loss(self.policy, sub, cfg.loss, ref, denom, self.autocast)
-                loss.backward()
+                loss, s = policy_loss(self.policy.model, sub, cfg.loss, ref, denom, self.autocast)
+                self.policy.backward(loss, is_last)
                 loss_total += float(loss.detach())
                 for k, v in s.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -159,45 +160,38 @@ class Learner:
                     idx = torch.tensor(rows)
                     L = sub.ids.shape[1]
                     with self.autocast():
-                        values = self.critic(sub.ids)  # (n, t)
+                        values = self.critic.model(sub.ids)  # (n, t)
                     vl = cfg.loss.value_coef * value_loss(values.float(), old_values[idx, :L].to(self.device),
                                                           returns[idx, :L].to(self.device),
                                                           sub.mask, cfg.loss.value_clip, max(batch.num_tokens, 1))
-                    vl.backward()
+                    self.critic.backward(vl, is_last)
                     vloss_total += float(vl.detach())
-            metrics["rl/grad_norm"] = self._step(self.policy, self.opt, self.sched)
+            metrics["rl/grad_norm"] = self.policy.step()
             if self.critic is not None:
-                metrics["rl/critic_grad_norm"] = self._step(self.critic, self.critic_opt, self.critic_sched)
+                metrics["rl/critic_grad_norm"] = self.critic.step()
                 metrics["rl/value_loss"] = vloss_total
             metrics["rl/loss"] = loss_total
         n = max(sums.get("tokens", 0.0), 1.0)
         metrics.update({"rl/kl": sums["kl"] / n, "rl/clip_frac": sums["clipped"] / n,
                         "rl/entropy": sums["entropy"] / n, "rl/ratio_dev": sums["ratio_dev"] / n,
-                        "rl/lr": self.sched.get_last_lr()[0], "rl/train_tokens": batch.num_tokens,
+                        "rl/lr": self.policy.lr, "rl/train_tokens": batch.num_tokens,
                         "rl/train_sequences": len(batch)})
         self.version += 1
         return metrics
-
-    def _step(self, model, opt, sched) -> float:
-        clip = self.cfg.optim.grad_clip
-        params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        opt.step()
-        sched.step()
-        return float(norm)
 
     def _gae(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill `batch.advantages` per token from the critic (whitened over generated tokens); (values, returns)."""
         a = self.cfg.algo
         values = torch.zeros(batch.ids.shape)  # (N, T)
-        self.critic.eval()
+        critic = self.critic.model
+        critic.eval()
         with torch.no_grad():
             for rows in micro_batches(batch.lengths.tolist(), self.cfg.train.micro_batch_tokens):
                 sub = batch.select(rows)
                 with self.autocast():
-                    v = self.critic(sub.ids.to(self.device)).float().cpu()  # (n, t)
+                    v = critic(sub.ids.to(self.device)).float().cpu()  # (n, t)
                 values[torch.tensor(rows), :v.shape[1]] = v
-        self.critic.train()
+        critic.train()
         mask = batch.mask.float()
         # the reward arrives at each thread's last generated token
         last = (mask * torch.arange(mask.shape[1])).argmax(-1)  # (N,)
@@ -215,28 +209,26 @@ class Learner:
         return to_buckets(self.policy.state_dict(), bucket_mb)
 
     def save(self, path: str | Path) -> None:
-        """HF policy + tokenizer into `path`, and the learner's state (optimizers, critic, RNG, version)."""
+        """HF policy + tokenizer into `path`, and the learner's state (optimizers, critic, RNG, version):
+        learner.pt, plus DeepSpeed's own checkpoint in `deepspeed/` under that strategy."""
         path = Path(path)
-        save_checkpoint(self.policy, self.tokenizer, path)
-        state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "version": self.version,
-                 "rng": rng_state()}
+        save_checkpoint(self.policy.module, self.tokenizer, path, self.policy.hf_state_dict())
+        state = {**self.policy.save_state(path), "version": self.version, "rng": rng_state()}
         if self.critic is not None:
-            state.update(critic=self.critic.state_dict(), critic_opt=self.critic_opt.state_dict(),
-                         critic_sched=self.critic_sched.state_dict())
+            state.update({f"critic_{k}": v for k, v in self.critic.save_state(path).items()})
+            if not self.critic.saves_weights:
+                state["critic"] = self.critic.module.state_dict()
         torch.save(state, path / LEARNER_STATE)
 
     def load(self, path: str | Path) -> int:
         """Restore everything `save` wrote; returns the policy version."""
         path = Path(path)
-        weights = load_checkpoint(path)[0].state_dict()
-        self.policy.load_state_dict(weights)
         state = torch.load(path / LEARNER_STATE, weights_only=False)
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
+        weights = None if self.policy.saves_weights else load_checkpoint(path)[0].state_dict()
+        self.policy.load_state(path, state, weights)
         if self.critic is not None:
-            self.critic.load_state_dict(state["critic"])
-            self.critic_opt.load_state_dict(state["critic_opt"])
-            self.critic_sched.load_state_dict(state["critic_sched"])
+            critic_state = {k.removeprefix("critic_"): v for k, v in state.items() if k.startswith("critic_")}
+            self.critic.load_state(path, critic_state, state.get("critic"))
         set_rng_state(state["rng"])
         self.version = state["version"]
         return self.version

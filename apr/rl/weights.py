@@ -6,7 +6,7 @@ One object-store object (or one in-process hand-over) per bucket, not one call p
     >>> sd = {"a": torch.zeros(256, 256), "b": torch.ones(3), "c": torch.zeros(256, 256)}
     >>> buckets = to_buckets(sd, bucket_mb=0.3)
     >>> [sorted(b) for b in buckets]
-    [['a'], ['b', 'c']]
+    [['a', 'b'], ['c']]
     >>> sorted(merge_buckets(buckets)) == sorted(sd)
     True
 """

@@ -40,6 +40,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_deepspeed(device_type: str, backend: str, single_process: bool = False) -> None:
+    """Import deepspeed and join (or start) its process group; unset launcher variables default to
+    one process (rank 0 of 1 on this host, a free port). `single_process` (the RL learner) sets them
+    to a world of one whatever the environment holds: a Ray actor inherits the variables of the
+    process that started Ray, e.g. a MASTER_PORT that process already listens on."""
+    import torch.distributed as dist
+
+    if single_process and not dist.is_initialized():
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    if device_type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+    import deepspeed.ops
+
+    if device_type == "cpu" and int(os.environ["WORLD_SIZE"]) == 1:
+        # one process needs no shared-memory allreduce: skip its ~1 min C++ build on first use
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
 class Strategy:
     """Process placement and the common pieces; subclasses wrap model and optimizer."""
 
@@ -167,18 +191,7 @@ class DeepSpeedStrategy(Strategy):
     C++ for ~80 s); on CPU the `cpu` accelerator and gloo. Precision stays our autocast."""
 
     def _init_distributed(self) -> None:
-        if self.device.type == "cpu":
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        import deepspeed
-        import deepspeed.ops
-
-        if self.device.type == "cpu" and self.world_size == 1:
-            # one process needs no shared-memory allreduce: skip its ~1 min C++ build on first use
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend=self.backend, auto_mpi_discovery=False, verbose=False)
+        init_deepspeed(self.device.type, self.backend)
 
     def ds_config(self) -> dict:
         t = self.train_cfg

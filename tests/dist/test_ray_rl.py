@@ -68,3 +68,46 @@ def test_ray_resume_gives_the_same_next_step(ray_cluster, reference, assets, tmp
     assert sorted(rows) == [1, 2, 3]
     for k in KEYS:
         assert rows[3][k] == pytest.approx(reference[3][k], rel=1e-5, abs=1e-7), k
+
+
+def test_placement_group_reserves_a_bundle_per_actor(ray_cluster, assets, tmp_path):
+    """dist.placement: the learner + reference and the rollout worker run inside their own CPU bundles;
+    the group is removed when the cluster closes."""
+    from ray.util import placement_group_table
+
+    from apr.dist.ray_cluster import RayCluster
+    from apr.rl.rollout import load_problems
+
+    init, data = assets
+    cfg = rl_config(tmp_path, init, data, **{"dist.mode": "ray_local", "dist.num_rollout_workers": 1,
+                                             "dist.placement": {"strategy": "PACK", "timeout_s": 60.0}})
+    cluster = RayCluster(cfg)
+    try:
+        assert cluster.sync_weights() == 0  # every actor is up
+        pg = f"CPU_group_{cluster.pg.id.hex()}"
+        assert ray.cluster_resources()[pg] == 2  # learner 1 (+ reference 0) + 1 worker x 1
+        assert ray.available_resources().get(pg, 0) == 0  # all of it held by the actors in their bundles
+        assert placement_group_table(cluster.pg)["strategy"] == "PACK"
+        assert len(cluster.rollout([(load_problems(data, "train", 2), 1, 0)], 2)) == 4  # 2 problems x G=2
+    finally:
+        cluster.close()
+    assert placement_group_table(cluster.pg)["state"] == "REMOVED"
+
+
+def test_placement_group_that_cannot_be_granted_fails_clearly(ray_cluster, assets, tmp_path):
+    from apr.dist.ray_cluster import RayCluster
+
+    init, data = assets
+    cfg = rl_config(tmp_path, init, data, **{"dist.mode": "ray_local", "dist.num_rollout_workers": 2,
+                                             "dist.placement": {"strategy": "STRICT_SPREAD", "timeout_s": 1.0}})
+    with pytest.raises(RuntimeError, match="dist.placement: the cluster did not grant 3 bundles"):
+        RayCluster(cfg)  # one node cannot hold three bundles on three different nodes
+
+
+def test_deepspeed_learner_in_a_placement_group_matches_one_process(ray_cluster, reference, assets, tmp_path):
+    pytest.importorskip("deepspeed")
+    rows = _run(tmp_path, assets, **{"dist.mode": "ray_local", "train.steps": 1, "train.strategy": "deepspeed",
+                                     "train.zero_stage": 2, "dist.placement": {"strategy": "PACK"}})
+    for k in KEYS + ("rl/grad_norm",):  # the torch learner's first step, from a ZeRO-2 learner actor
+        assert rows[1][k] == pytest.approx(reference[1][k], rel=1e-4, abs=1e-6), k
+    assert (tmp_path / "run" / "final" / "deepspeed" / "policy").is_dir()

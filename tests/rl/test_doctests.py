@@ -1,0 +1,14 @@
+"""The examples in the docstrings of apr.rl run."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["apr.rl.config", "apr.rl.strategy", "apr.rl.weights", "apr.rl.batch", "apr.rl.rollout", "apr.rl.algos"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
