@@ -54,6 +54,9 @@ class Setup:
     kl: float
     micro_batch_tokens: int
     seed: int
+    dist: str = "none"  # ours only: placement
+    workers: int = 1  # ours only: rollout workers
+    compile: bool = False  # ours only: torch.compile in the local engine
 
     @property
     def max_new(self) -> int:
@@ -71,8 +74,9 @@ class OursSide:
 
     def __init__(self, s: Setup, run_dir: Path) -> None:
         from apr.config import from_dict
+        from apr.dist import make_cluster
         from apr.rl.config import RLConfig
-        from apr.rl.trainer import InProcessCluster, RLTrainer
+        from apr.rl.trainer import RLTrainer
 
         cfg = from_dict(RLConfig, {
             "init": s.model, "run_dir": str(run_dir), "name": "bench_rl", "seed": s.seed, "progress": False,
@@ -83,10 +87,12 @@ class OursSide:
             "train": {"batch_problems": len(s.problems), "inner_steps": 1, "old_logprobs": "rollout",
                       "precision": "fp32", "device": "cpu", "micro_batch_tokens": s.micro_batch_tokens},
             "rollout": {"runtime": {"max_thread_tokens": s.window, "temperature": 1.0},
-                        "engine_options": {"max_seq_len": s.window, "max_batch_size": s.rollouts},
+                        "engine_options": {"max_seq_len": s.window, "max_batch_size": s.rollouts,
+                                           "compile": s.compile},
                         "eval_problems": 0},
-            "dist": {"mode": "none", "num_rollout_workers": 1}, "wandb": {"mode": "disabled"}}, "")
-        self.trainer = RLTrainer(cfg, InProcessCluster(cfg))
+            "dist": {"mode": s.dist, "num_rollout_workers": s.workers, "worker_threads": 0 if s.workers == 1 else 1},
+            "wandb": {"mode": "disabled"}}, "")
+        self.trainer = RLTrainer(cfg, make_cluster(cfg))
         self.rollouts: list = []
         rollout = self.trainer.cluster.rollout
 
@@ -233,7 +239,7 @@ def make_setup(args) -> Setup:
     if len(lengths) > 1:
         print(f"note: prompts of {sorted(lengths)} tokens; TRL gets window - {prompt_tokens} new tokens")
     return Setup(args.model, args.data, problems, args.group, window, prompt_tokens, args.lr, args.kl,
-                 args.micro_batch_tokens, args.seed)
+                 args.micro_batch_tokens, args.seed, args.dist, args.workers, args.compile)
 
 
 def measure(sides: dict, repeats: int, max_wait_s: float) -> dict[str, list[dict]]:
@@ -314,7 +320,8 @@ def matched(s: Setup) -> dict:
         "rollout_batch": f"all {s.rollouts} in one batch (ours engine max_batch_size; TRL one generate call)",
         "old_logprobs": "ours: the engine's sampled log-probs; TRL: none needed (on-policy, one iteration)",
         "learner_micro_batch": f"ours {s.micro_batch_tokens} padded tokens; TRL the whole batch",
-        "ours_placement": "dist=none (in-process: one rollout worker, learner, reference)",
+        "ours_placement": (f"dist={s.dist}, {s.workers} rollout worker(s)"
+                           + (", engine torch.compile" if s.compile else "")),
         "trl_generation": "HF generate, DynamicCache, no vLLM, CPU"}
 
 
@@ -331,6 +338,10 @@ def main() -> None:
     ap.add_argument("--kl", type=float, default=0.001, help="our loss.kl_coef and TRL's beta")
     ap.add_argument("--micro-batch-tokens", type=int, default=16384, help="ours: train.micro_batch_tokens")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dist", default="ray_local", choices=["none", "ray_local"],
+                    help="ours: one process, or rollout workers + learner as actors on a local Ray cluster")
+    ap.add_argument("--workers", type=int, default=2, help="ours: rollout workers (the step's problems are split)")
+    ap.add_argument("--compile", action="store_true", help="ours: torch.compile the local engine's layers")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     ap.add_argument("--max-wait-s", type=float, default=60.0,
                     help="per run, how long to wait for other processes to leave the CPU (0: do not wait)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -33,9 +34,17 @@ from apr.rl.learner import Learner, RefPolicy
 from apr.rl.rollout import Rollout, RolloutWorker
 
 
+def _all_threads(num_threads: int) -> int:
+    """Ray caps an actor's OpenMP threads at its logical CPUs (often 1); the learner and reference run
+    between rollouts, when the node's cores are free, so by default they take them all."""
+    return num_threads or os.cpu_count() or 1
+
+
 class LearnerActor:
     def __init__(self, cfg: RLConfig) -> None:
-        self.learner = Learner(cfg)
+        from dataclasses import replace
+
+        self.learner = Learner(replace(cfg, train=replace(cfg.train, num_threads=_all_threads(cfg.train.num_threads))))
 
     def update(self, batch, ref_logprobs):
         return self.learner.update(batch, ref_logprobs)
@@ -53,7 +62,7 @@ class LearnerActor:
 
 class RefActor:
     def __init__(self, path: str, max_tokens: int, precision: str, num_threads: int, device: str = "cpu") -> None:
-        self.ref = RefPolicy(path, max_tokens, precision, device, num_threads)
+        self.ref = RefPolicy(path, max_tokens, precision, device, _all_threads(num_threads))
 
     def logprobs(self, batch):
         return self.ref.logprobs(batch)
@@ -69,6 +78,7 @@ class RayCluster:
         self.cfg = cfg
         d = cfg.dist
         self._owns_ray = False
+        self._tmp_dir: Path | None = None
         if not ray.is_initialized():
             if d.mode == "ray_cluster":
                 ray.init(address=d.address, logging_level="warning")
@@ -94,6 +104,7 @@ class RayCluster:
         tmp = Path(cfg.run_dir).resolve() / "ray"
         if len(str(tmp)) > 40:  # Ray's sockets live ~65 bytes below it; unix socket paths are limited to 107
             tmp = Path(tempfile.mkdtemp(prefix="apr-ray-"))
+            self._tmp_dir = tmp  # ours to delete at close
         tmp.mkdir(parents=True, exist_ok=True)
         cpus = math.ceil(d.learner_cpus + d.ref_cpus + d.worker_cpus * d.num_rollout_workers)
         ray.init(num_cpus=max(cpus, 1), _temp_dir=str(tmp), include_dashboard=False, logging_level="warning",
@@ -215,3 +226,5 @@ class RayCluster:
             remove_placement_group(self.pg)
         if self._owns_ray:
             ray.shutdown()
+            if self._tmp_dir is not None:
+                shutil.rmtree(self._tmp_dir, ignore_errors=True)
