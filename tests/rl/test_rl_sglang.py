@@ -38,3 +38,50 @@ def test_rl_on_sglang_matches_the_local_engine(tmp_path, assets):
     for step in (1, 2):  # step 2 samples with the weights pushed to the server after step 1
         for k in KEYS:
             assert remote[step][k] == pytest.approx(local[step][k], rel=1e-4, abs=1e-6), (step, k)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rl_survives_a_server_restart_between_steps(tmp_path, assets):
+    """The server dies after step 1 and comes back (with the SFT weights); the weight sync after the
+    step pushes the learner's weights to the new server, so the run goes on exactly as before."""
+    local = _rows(tmp_path / "local", assets)
+    port = _free_port()
+    servers = [Standin(str(assets[0]), port=port).start()]
+    real_sync = InProcessCluster.sync_weights
+    calls = {"n": 0}
+
+    def sync_after_a_restart(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the sync that follows step 1's update
+            servers[-1].stop()
+            servers.append(Standin(str(assets[0]), port=port).start())
+        return real_sync(self)
+
+    try:
+        InProcessCluster.sync_weights = sync_after_a_restart
+        remote = _rows(tmp_path / "sglang", assets, **{
+            "rollout.engine": "sglang",
+            "rollout.engine_options": {"urls": [servers[0].url], "weights_dir": str(tmp_path / "weights"),
+                                       "max_retries": 5, "backoff_s": 0.1}})
+    finally:
+        InProcessCluster.sync_weights = real_sync
+        servers[-1].stop()
+    assert len(servers) == 2 and servers[1].num_generate > 0
+    for k in KEYS:
+        assert remote[2][k] == pytest.approx(local[2][k], rel=1e-4, abs=1e-6), k
+
+
+def test_rl_with_an_unreachable_server_fails_before_training_naming_the_url(tmp_path, assets):
+    from apr.config import ConfigError
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ConfigError, match="engine.urls.*" + url.replace(".", r"\.")):
+        _rows(tmp_path, assets, **{"rollout.engine": "sglang",
+                                   "rollout.engine_options": {"urls": [url], "max_retries": 1, "backoff_s": 0.01}})
