@@ -31,7 +31,7 @@ import ray
 
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy
-from apr.rl.rollout import Rollout, RolloutWorker
+from apr.rl.rollout import Rollout, RolloutWorker, worker_rollout_config
 
 
 def _all_threads(num_threads: int) -> int:
@@ -144,7 +144,8 @@ class RayCluster:
     def _new_worker(self, i: int):
         c, d = self.cfg, self.cfg.dist
         actor = ray.remote(num_cpus=d.worker_cpus, num_gpus=d.worker_gpus)(WorkerActor).options(**self._in_bundle(1 + i))
-        return actor.remote(c.init, c.rollout, c.algo, c.data.condition, d.worker_threads)
+        rollout = worker_rollout_config(c.rollout, i, d.num_rollout_workers)
+        return actor.remote(c.init, rollout, c.algo, c.data.condition, d.worker_threads)
 
     def _get(self, ref):
         return ray.get(ref, timeout=self.timeout)

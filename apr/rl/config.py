@@ -230,6 +230,11 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.init), "init", self.init, "the directory of an SFT checkpoint (e.g. runs/sft/<name>/final)")
+        if self.rollout.engine == "sglang":
+            urls = self.rollout.engine_options.get("urls") or []
+            check(len(urls) >= self.dist.num_rollout_workers, "rollout.engine_options.urls", urls,
+                  f"at least one server URL per rollout worker (dist.num_rollout_workers="
+                  f"{self.dist.num_rollout_workers}): each worker drives, and updates the weights of, its own servers")
 
     @property
     def uses_critic(self) -> bool:

@@ -108,6 +108,22 @@ class ProblemStream:
         return out
 
 
+def worker_rollout_config(rollout: RolloutConfig, index: int, num_workers: int) -> RolloutConfig:
+    """Rollout worker `index`'s share of the engine: with `sglang`, its own servers (urls[index::n]),
+    because a worker also pushes the new weights to the servers it drives.
+
+    >>> r = RolloutConfig(engine="sglang", engine_options={"urls": ["http://a", "http://b", "http://c"]})
+    >>> worker_rollout_config(r, 0, 2).engine_options["urls"], worker_rollout_config(r, 1, 2).engine_options["urls"]
+    (['http://a', 'http://c'], ['http://b'])
+    """
+    from dataclasses import replace
+
+    if rollout.engine != "sglang" or num_workers == 1:
+        return rollout
+    urls = list(rollout.engine_options.get("urls") or [])
+    return replace(rollout, engine_options={**rollout.engine_options, "urls": urls[index::num_workers]})
+
+
 def rollout_seed(seed: int, step: int, first_index: int) -> int:
     """The runtime seed of one shard: fixed by the run seed, the step and the shard's first problem."""
     import hashlib

@@ -24,7 +24,14 @@ from apr.config import ConfigError, to_dict
 from apr.rl.batch import sequences_from_trees
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy
-from apr.rl.rollout import ProblemStream, Rollout, RolloutWorker, load_problems, rollout_seed
+from apr.rl.rollout import (
+    ProblemStream,
+    Rollout,
+    RolloutWorker,
+    load_problems,
+    rollout_seed,
+    worker_rollout_config,
+)
 from apr.sft import checkpoint as ckpt
 from apr.sft.metrics import MetricsLog, timer
 
@@ -50,8 +57,9 @@ class InProcessCluster:
         self.cfg = cfg
         self.learner = Learner(cfg)
         self.ref = RefPolicy(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision) if cfg.uses_ref else None
-        self.workers = [RolloutWorker(cfg.init, cfg.rollout, cfg.algo, cfg.data.condition)
-                        for _ in range(cfg.dist.num_rollout_workers)]
+        n = cfg.dist.num_rollout_workers
+        self.workers = [RolloutWorker(cfg.init, worker_rollout_config(cfg.rollout, i, n), cfg.algo, cfg.data.condition)
+                        for i in range(n)]
         self.num_workers = len(self.workers)
         self.restarts = 0
 

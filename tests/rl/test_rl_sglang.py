@@ -85,3 +85,19 @@ def test_rl_with_an_unreachable_server_fails_before_training_naming_the_url(tmp_
     with pytest.raises(ConfigError, match="engine.urls.*" + url.replace(".", r"\.")):
         _rows(tmp_path, assets, **{"rollout.engine": "sglang",
                                    "rollout.engine_options": {"urls": [url], "max_retries": 1, "backoff_s": 0.01}})
+
+
+def test_each_rollout_worker_drives_its_own_servers(tmp_path, assets):
+    from apr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.engine_options.urls.*one server URL per rollout worker"):
+        rl_config(tmp_path, *assets, **{"rollout.engine": "sglang", "dist.num_rollout_workers": 2,
+                                        "rollout.engine_options": {"urls": ["http://127.0.0.1:1"]}})
+    local = _rows(tmp_path / "local", assets, **{"dist.num_rollout_workers": 2})
+    with Standin(str(assets[0])) as a, Standin(str(assets[0])) as b:
+        remote = _rows(tmp_path / "sglang", assets, **{
+            "dist.num_rollout_workers": 2, "rollout.engine": "sglang",
+            "rollout.engine_options": {"urls": [a.url, b.url], "weights_dir": str(tmp_path / "weights")}})
+        assert a.num_generate > 0 and b.num_generate > 0
+    for k in KEYS:
+        assert remote[2][k] == pytest.approx(local[2][k], rel=1e-4, abs=1e-6), k
