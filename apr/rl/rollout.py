@@ -93,11 +93,14 @@ class ProblemStream:
     def __init__(self, problems: list[Problem], seed: int) -> None:
         self.problems = problems
         self.seed = seed
+        self._orders: dict[int, list[int]] = {}
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.problems)))
-        random.Random(f"{self.seed}|{epoch}").shuffle(order)
-        return order
+        if epoch not in self._orders:
+            order = list(range(len(self.problems)))
+            random.Random(f"{self.seed}|{epoch}").shuffle(order)
+            self._orders = {epoch: order}  # one epoch at a time is all a step needs (two at a boundary)
+        return self._orders[epoch]
 
     def batch(self, position: int, size: int) -> list[Problem]:
         n = len(self.problems)
