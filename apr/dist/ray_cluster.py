@@ -16,6 +16,14 @@ Placement (`dist.placement.strategy`, off by default): one placement group reser
 the learner (+ reference) and one per rollout worker before any actor starts, PACKed onto few
 nodes or SPREAD over many; each actor is scheduled into its own bundle (a replaced worker too).
 
+Data-parallel learners (`dist.num_learners` > 1): that many learner actors form one torch.distributed
+world (rank 0 hosts the rendezvous on its node; gloo on CPU, nccl on CUDA). Each step the driver
+splits the batch's rows into token-balanced shards, one per learner, and gives every learner the
+whole step's loss denominator and token count, so their summed gradients are one learner's. They
+all take part in weight export and checkpoints (collectives); rank 0's buckets go to the workers.
+Learner r > 0 gets its own placement bundle after the workers'. A checkpoint directory must be
+visible to every learner's node (a shared filesystem on a multi-node cluster).
+
     >>> # cluster = RayCluster(cfg); RLTrainer(cfg, cluster).fit()
 """
 
@@ -24,13 +32,18 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 import ray
+import torch
 
+from apr.rl import group
+from apr.rl.algos import aggregation_denominator
+from apr.rl.batch import shard_rows
 from apr.rl.config import RLConfig
-from apr.rl.learner import Learner, RefPolicy
+from apr.rl.learner import Learner, RefPolicy, _device
 from apr.rl.rollout import Rollout, RolloutWorker, worker_rollout_config
 
 
@@ -41,17 +54,39 @@ def _all_threads(num_threads: int) -> int:
 
 
 class LearnerActor:
-    def __init__(self, cfg: RLConfig) -> None:
+    """The learner; with `dist.num_learners` > 1 rank `rank` of their world, built once `join` is called."""
+
+    def __init__(self, cfg: RLConfig, rank: int = 0) -> None:
         from dataclasses import replace
 
-        self.learner = Learner(replace(cfg, train=replace(cfg.train, num_threads=_all_threads(cfg.train.num_threads))))
+        num_learners = cfg.dist.num_learners
+        # several learners on a node share its cores
+        threads = cfg.train.num_threads or max(_all_threads(0) // num_learners, 1)
+        self.cfg = replace(cfg, train=replace(cfg.train, num_threads=threads))
+        self.rank = rank
+        self.learner = Learner(self.cfg) if num_learners == 1 else None
 
-    def update(self, batch, ref_logprobs):
-        return self.learner.update(batch, ref_logprobs)
+    def address(self) -> tuple[str, int]:
+        """Rank 0: (node IP, free port) for the group's rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join(self, master_addr: str, master_port: int) -> None:
+        """Join the learners' world, then build the learner (DeepSpeed's setup is collective)."""
+        group.join(self.rank, self.cfg.dist.num_learners, master_addr, master_port,
+                   _device(self.cfg.train.device).type)
+        self.learner = Learner(self.cfg)
+
+    def update(self, batch, ref_logprobs, denom: float | None = None, num_tokens: int | None = None):
+        return self.learner.update(batch, ref_logprobs, denom, num_tokens)
 
     def export_weights(self, bucket_mb: float) -> tuple[list, int]:
-        """(object refs of the weight buckets, policy version)."""
-        return [ray.put(b) for b in self.learner.export_weights(bucket_mb)], self.learner.version
+        """(object refs of the weight buckets, policy version); none from ranks > 0, which only take
+        part in the gathering (a collective under ZeRO-3)."""
+        buckets = self.learner.export_weights(bucket_mb)
+        return ([ray.put(b) for b in buckets] if self.rank == 0 else []), self.learner.version
 
     def save(self, path: str) -> None:
         self.learner.save(path)
@@ -86,8 +121,8 @@ class RayCluster:
                 self._start_local(cfg)
         self.timeout = d.call_timeout_s
         self.pg = self._placement_group()
-        self.learner = ray.remote(num_cpus=d.learner_cpus, num_gpus=d.learner_gpus)(LearnerActor).options(
-            **self._in_bundle(0)).remote(cfg)
+        self.learners = self._new_learners()
+        self.learner = self.learners[0]
         self.ref = None
         if cfg.uses_ref:
             self.ref = ray.remote(num_cpus=d.ref_cpus, num_gpus=d.ref_gpus)(RefActor).options(
@@ -106,13 +141,14 @@ class RayCluster:
             tmp = Path(tempfile.mkdtemp(prefix="apr-ray-"))
             self._tmp_dir = tmp  # ours to delete at close
         tmp.mkdir(parents=True, exist_ok=True)
-        cpus = math.ceil(d.learner_cpus + d.ref_cpus + d.worker_cpus * d.num_rollout_workers)
+        cpus = math.ceil(d.learner_cpus * d.num_learners + d.ref_cpus + d.worker_cpus * d.num_rollout_workers)
         ray.init(num_cpus=max(cpus, 1), _temp_dir=str(tmp), include_dashboard=False, logging_level="warning",
                  configure_logging=True)
         self._owns_ray = True
 
     def _placement_group(self):
-        """The placement group of `dist.placement` (bundle 0: learner + reference, 1+i: worker i), or None."""
+        """The placement group of `dist.placement` (bundle 0: learner + reference, 1+i: worker i, then one
+        per further learner), or None."""
         d = self.cfg.dist
         if d.placement.strategy is None:
             return None
@@ -123,6 +159,7 @@ class RayCluster:
 
         bundles = [bundle(d.learner_cpus + d.ref_cpus, d.learner_gpus + d.ref_gpus)]
         bundles += [bundle(d.worker_cpus, d.worker_gpus) for _ in range(d.num_rollout_workers)]
+        bundles += [bundle(d.learner_cpus, d.learner_gpus) for _ in range(d.num_learners - 1)]
         pg = placement_group(bundles, strategy=d.placement.strategy)
         try:
             ray.get(pg.ready(), timeout=d.placement.timeout_s)
@@ -140,6 +177,18 @@ class RayCluster:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index)}
+
+    def _new_learners(self) -> list:
+        """`dist.num_learners` learner actors (learner r > 0 in bundle num_rollout_workers + r); several
+        join one world, rank 0 hosting its rendezvous."""
+        d = self.cfg.dist
+        actor = ray.remote(num_cpus=d.learner_cpus, num_gpus=d.learner_gpus)(LearnerActor)
+        learners = [actor.options(**self._in_bundle(r and d.num_rollout_workers + r)).remote(self.cfg, r)
+                    for r in range(d.num_learners)]
+        if len(learners) > 1:
+            addr, port = self._get(learners[0].address.remote())
+            self._get([a.join.remote(addr, port) for a in learners])
+        return learners
 
     def _new_worker(self, i: int):
         c, d = self.cfg, self.cfg.dist
@@ -195,10 +244,20 @@ class RayCluster:
         return self._get(self.ref.logprobs.remote(batch))
 
     def update(self, batch, ref_logprobs):
-        return self._get(self.learner.update.remote(batch, ref_logprobs))
+        if len(self.learners) == 1:
+            return self._get(self.learner.update.remote(batch, ref_logprobs))
+        # the whole step's denominator and tokens: each shard's loss is its share of the batch's
+        denom = aggregation_denominator(self.cfg.loss.aggregation, batch.mask, batch.seq_weights)
+        calls = []
+        for actor, rows in zip(self.learners, shard_rows(batch.lengths.tolist(), len(self.learners))):
+            sub = batch.select(rows)
+            ref = None if ref_logprobs is None else ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]]  # (n, t)
+            calls.append(actor.update.remote(sub, ref, denom, batch.num_tokens))
+        return self._get(calls)[0]  # the metrics are reduced over the learners: rank 0's are the step's
 
     def sync_weights(self) -> int:
-        refs, version = self._get(self.learner.export_weights.remote(self.cfg.dist.bucket_mb))
+        exports = self._get([a.export_weights.remote(self.cfg.dist.bucket_mb) for a in self.learners])
+        refs, version = exports[0]
         self._weights = (refs, version)
         done = [w.set_weight_refs.remote(refs, version) for w in self.workers]
         for i, ref in enumerate(done):
@@ -209,13 +268,13 @@ class RayCluster:
         return version
 
     def save(self, path: Path) -> None:
-        self._get(self.learner.save.remote(str(path)))
+        self._get([a.save.remote(str(path)) for a in self.learners])
 
     def load(self, path: Path) -> int:
-        return self._get(self.learner.load.remote(str(path)))
+        return self._get([a.load.remote(str(path)) for a in self.learners])[0]
 
     def close(self) -> None:
-        for a in [*self.workers, self.learner, self.ref]:
+        for a in [*self.workers, *self.learners, self.ref]:
             if a is not None:
                 try:
                     ray.kill(a)

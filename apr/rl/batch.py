@@ -65,6 +65,25 @@ def micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return groups
 
 
+def shard_rows(lengths: list[int], num_shards: int) -> list[list[int]]:
+    """Rows split into `num_shards` non-empty shards of about equal tokens (longest row first, each to
+    the lightest shard), each shard in row order: one per data-parallel learner.
+
+    >>> shard_rows([5, 3, 8, 2], 2)
+    [[2, 3], [0, 1]]
+    """
+    if len(lengths) < num_shards:
+        raise ValueError(f"{len(lengths)} sequences cannot be split among dist.num_learners={num_shards} "
+                         f"learners: every learner needs at least one (raise train.batch_problems)")
+    shards: list[list[int]] = [[] for _ in range(num_shards)]
+    totals = [0] * num_shards
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        k = min(range(num_shards), key=lambda k: (totals[k], len(shards[k])))
+        shards[k].append(i)
+        totals[k] += lengths[i]
+    return [sorted(rows) for rows in shards]
+
+
 def _thread_info(tree, reward: float) -> list[dict]:
     out = []
     for t in tree.threads():

@@ -152,7 +152,8 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 class PlacementConfig:
     """An optional Ray placement group: every actor's resources reserved up front, all or nothing.
 
-    Bundle 0 holds the learner (and the reference, which shares it); bundle 1+i rollout worker i,
+    Bundle 0 holds the learner (and the reference, which shares it); bundle 1+i rollout worker i;
+    with `dist.num_learners` > 1, learner r > 0 gets bundle `num_rollout_workers + r` (after the workers),
     each sized by the `dist.*_cpus` / `*_gpus` fields, so the workers' GPUs and the learner's are
     disjoint. A replaced worker restarts in its own bundle."""
 
@@ -175,8 +176,9 @@ class DistConfig:
     worker_cpus: float = 1.0  # Ray logical CPUs per rollout worker
     worker_gpus: float = 0.0
     worker_threads: int = 1  # torch threads per rollout worker
-    learner_cpus: float = 1.0
-    learner_gpus: float = 0.0
+    num_learners: int = 1  # data-parallel learner processes (one torch.distributed world; Ray only)
+    learner_cpus: float = 1.0  # per learner
+    learner_gpus: float = 0.0  # per learner
     ref_cpus: float = 0.0
     ref_gpus: float = 0.0  # >0: the reference runs on CUDA (e.g. 0.5 + learner_gpus 0.5: one GPU shared)
     bucket_mb: float = 32.0  # weight sync: parameters per object-store bucket
@@ -188,12 +190,18 @@ class DistConfig:
     def __post_init__(self) -> None:
         check(self.num_rollout_workers >= 1, "dist.num_rollout_workers", self.num_rollout_workers,
               "a positive integer")
+        check(self.num_learners >= 1, "dist.num_learners", self.num_learners, "a positive integer")
+        check(self.mode != "none" or self.num_learners == 1, "dist.num_learners", self.num_learners,
+              "1 with dist.mode=none (several learners are Ray actors)")
         check(self.bucket_mb > 0, "dist.bucket_mb", self.bucket_mb, "a positive number of MB")
         check(self.max_worker_restarts >= 0, "dist.max_worker_restarts", self.max_worker_restarts, ">= 0")
         check(self.call_timeout_s > 0, "dist.call_timeout_s", self.call_timeout_s, "a positive number of seconds")
         if self.placement.strategy is not None:  # a bundle must reserve something
             check(self.learner_cpus + self.learner_gpus + self.ref_cpus + self.ref_gpus > 0, "dist.learner_cpus/learner_gpus",
                   (self.learner_cpus, self.learner_gpus), "some CPU or GPU when dist.placement.strategy is set")
+            check(self.num_learners == 1 or self.learner_cpus + self.learner_gpus > 0, "dist.learner_cpus/learner_gpus",
+                  (self.learner_cpus, self.learner_gpus), "some CPU or GPU per learner when dist.num_learners > 1 "
+                  "and dist.placement.strategy is set (each further learner has its own bundle)")
             check(self.worker_cpus + self.worker_gpus > 0, "dist.worker_cpus/worker_gpus",
                   (self.worker_cpus, self.worker_gpus), "some CPU or GPU when dist.placement.strategy is set")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from apr.model import load_checkpoint, save_checkpoint
+from apr.rl import group
 from apr.rl.algos import aggregation_denominator, gae
 from apr.rl.batch import SequenceBatch, micro_batches, token_logprobs
 from apr.rl.config import RLConfig
@@ -86,6 +87,19 @@ class RefPolicy:
         return batched_logprobs(self.model, batch, self.max_tokens, self.autocast, self.device)
 
 
+def _whitening(adv: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """Mean and std of the (N, T) advantages over generated tokens: of this batch, or of every
+    learner's shard (two passes, as in one process)."""
+    if group.world_size() == 1:
+        n = mask.sum().clamp(min=1)
+        mean = (adv * mask).sum() / n
+        return mean, (((adv - mean) ** 2 * mask).sum() / n).sqrt()
+    total, count = group.all_reduce_sum([float((adv * mask).sum()), float(mask.sum())])
+    mean = total / max(count, 1.0)
+    (sq,) = group.all_reduce_sum([float(((adv - mean) ** 2 * mask).sum())])
+    return mean, (sq / max(count, 1.0)) ** 0.5
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,57 +141,100 @@ class Learner:
         finally:
             model.train()
 
-    def update(self, batch: SequenceBatch, ref_logprobs: torch.Tensor | None = None) -> dict:
-        """`train.inner_steps` optimizer steps on `batch`; returns the step's learner metrics."""
+    def update(self, batch: SequenceBatch, ref_logprobs: torch.Tensor | None = None, denom: float | None = None,
+               num_tokens: int | None = None) -> dict:
+        """`train.inner_steps` optimizer steps on `batch`; returns the step's learner metrics.
+
+        With `dist.num_learners` > 1 `batch` is this rank's shard of the step, and `denom` / `num_tokens`
+        are the whole step's aggregation denominator and generated tokens (default: `batch`'s own), so
+        the gradients summed over the ranks (`apr.rl.group`) are the single learner's."""
         cfg, t = self.cfg, self.cfg.train
+        num_tokens = batch.num_tokens if num_tokens is None else num_tokens
         metrics: dict = {}
         if t.old_logprobs == "recompute":
             engine_logp = batch.old_logprobs
             batch.old_logprobs = self.logprobs(batch) * batch.mask
-            metrics["rl/logprob_mismatch"] = float(((engine_logp - batch.old_logprobs).abs() * batch.mask).sum()
-                                                   / max(batch.num_tokens, 1))
-        old_values = returns = None
+            gap = ((engine_logp - batch.old_logprobs).abs() * batch.mask).sum()
+            if group.world_size() > 1:
+                gap = torch.tensor(group.all_reduce_sum([float(gap)])[0])
+            metrics["rl/logprob_mismatch"] = float(gap / max(num_tokens, 1))
+        values_returns = None
         if self.critic is not None:
-            old_values, returns = self._gae(batch)
-        denom = aggregation_denominator(cfg.loss.aggregation, batch.mask, batch.seq_weights)
+            values_returns = self._gae(batch)
+        if denom is None:
+            denom = aggregation_denominator(cfg.loss.aggregation, batch.mask, batch.seq_weights)
         groups = micro_batches(batch.lengths.tolist(), t.micro_batch_tokens)
+        num_groups = len(groups)
+        if self.policy.needs_matched_micro_batches:  # ranks short of micro-batches repeat one with weight 0
+            num_groups = group.all_reduce_max(num_groups)
         sums: dict[str, float] = {}
         for _ in range(t.inner_steps):
             self.policy.zero_grad()
             if self.critic is not None:
                 self.critic.zero_grad()
             loss_total = vloss_total = 0.0
-            for j, rows in enumerate(groups):
-                is_last = j == len(groups) - 1
-                sub = batch.select(rows).to(self.device)
-                ref = None if ref_logprobs is None else ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]].to(self.device)
-                loss, s = policy_loss(self.policy.model, sub, cfg.loss, ref, denom, self.autocast)
-                self.policy.backward(loss, is_last)
-                loss_total += float(loss.detach())
+            for j in range(num_groups):
+                is_real = j < len(groups)
+                loss, vloss, s = self._micro_step(batch, groups[min(j, len(groups) - 1)], ref_logprobs,
+                                                  values_returns, denom, num_tokens, j == num_groups - 1, is_real)
+                loss_total += loss
+                vloss_total += vloss
                 for k, v in s.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if self.critic is not None:
-                    idx = torch.tensor(rows)
-                    L = sub.ids.shape[1]
-                    with self.autocast():
-                        values = self.critic.model(sub.ids)  # (n, t)
-                    vl = cfg.loss.value_coef * value_loss(values.float(), old_values[idx, :L].to(self.device),
-                                                          returns[idx, :L].to(self.device),
-                                                          sub.mask, cfg.loss.value_clip, max(batch.num_tokens, 1))
-                    self.critic.backward(vl, is_last)
-                    vloss_total += float(vl.detach())
             metrics["rl/grad_norm"] = self.policy.step()
             if self.critic is not None:
                 metrics["rl/critic_grad_norm"] = self.critic.step()
                 metrics["rl/value_loss"] = vloss_total
             metrics["rl/loss"] = loss_total
+        num_sequences = self._reduce_metrics(metrics, sums, len(batch))
         n = max(sums.get("tokens", 0.0), 1.0)
         metrics.update({"rl/kl": sums["kl"] / n, "rl/clip_frac": sums["clipped"] / n,
                         "rl/entropy": sums["entropy"] / n, "rl/ratio_dev": sums["ratio_dev"] / n,
-                        "rl/lr": self.policy.lr, "rl/train_tokens": batch.num_tokens,
-                        "rl/train_sequences": len(batch)})
+                        "rl/lr": self.policy.lr, "rl/train_tokens": num_tokens,
+                        "rl/train_sequences": num_sequences})
         self.version += 1
         return metrics
+
+    def _micro_step(self, batch: SequenceBatch, rows: list[int], ref_logprobs: torch.Tensor | None,
+                    values_returns: tuple | None, denom: float, num_tokens: int, is_last: bool,
+                    is_real: bool) -> tuple[float, float, dict]:
+        """Forward + backward of one micro-batch (policy, and critic); (policy loss, value loss, sums).
+        `is_real=False`: a weight-0 repeat that only keeps the ranks' collectives matched."""
+        cfg = self.cfg
+        sub = batch.select(rows).to(self.device)
+        ref = None
+        if ref_logprobs is not None:
+            ref = ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]].to(self.device)  # (n, t)
+        loss, s = policy_loss(self.policy.model, sub, cfg.loss, ref, denom, self.autocast)
+        if not is_real:
+            loss, s = loss * 0.0, {}
+        self.policy.backward(loss, is_last)
+        if self.critic is None:
+            return float(loss.detach()), 0.0, s
+        old_values, returns = values_returns
+        idx = torch.tensor(rows)
+        L = sub.ids.shape[1]
+        with self.autocast():
+            values = self.critic.model(sub.ids)  # (n, t)
+        vl = cfg.loss.value_coef * value_loss(values.float(), old_values[idx, :L].to(self.device),
+                                              returns[idx, :L].to(self.device),
+                                              sub.mask, cfg.loss.value_clip, max(num_tokens, 1))
+        if not is_real:
+            vl = vl * 0.0
+        self.critic.backward(vl, is_last)
+        return float(loss.detach()), float(vl.detach()), s
+
+    def _reduce_metrics(self, metrics: dict, sums: dict, num_sequences: int) -> int:
+        """Sum the losses, the token sums and the sequence count over the learners (in place); the
+        grad norms are already the same on every rank. Returns the step's sequences."""
+        if group.world_size() == 1:
+            return num_sequences
+        keys = [k for k in ("rl/loss", "rl/value_loss") if k in metrics]
+        names = sorted(sums)
+        out = group.all_reduce_sum([metrics[k] for k in keys] + [sums[k] for k in names] + [num_sequences])
+        metrics.update(zip(keys, out))
+        sums.update(zip(names, out[len(keys):]))
+        return int(out[-1])
 
     def _gae(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill `batch.advantages` per token from the critic (whitened over generated tokens); (values, returns)."""
@@ -198,9 +255,7 @@ class Learner:
         rewards = torch.zeros_like(values)  # (N, T)
         rewards[torch.arange(len(batch)), last] = batch.thread_rewards.float() * (mask.sum(-1) > 0)
         adv, returns = gae(rewards, values * mask, mask, a.gamma, a.lam)  # (N, T) each
-        n = mask.sum().clamp(min=1)
-        mean = (adv * mask).sum() / n
-        std = (((adv - mean) ** 2 * mask).sum() / n).sqrt()
+        mean, std = _whitening(adv, mask)
         batch.advantages = (adv - mean) / (std + 1e-6) * mask
         return values * mask, returns
 
@@ -210,14 +265,21 @@ class Learner:
 
     def save(self, path: str | Path) -> None:
         """HF policy + tokenizer into `path`, and the learner's state (optimizers, critic, RNG, version):
-        learner.pt, plus DeepSpeed's own checkpoint in `deepspeed/` under that strategy."""
+        learner.pt, plus DeepSpeed's own checkpoint in `deepspeed/` under that strategy. Over several
+        learners every rank calls this (ZeRO gathers and DeepSpeed's checkpoint are collective); rank 0
+        writes the HF files and learner.pt, rank r > 0 only its RNG (`rng_rank<r>.pt`)."""
         path = Path(path)
-        save_checkpoint(self.policy.module, self.tokenizer, path, self.policy.hf_state_dict())
+        weights = self.policy.hf_state_dict()
         state = {**self.policy.save_state(path), "version": self.version, "rng": rng_state()}
         if self.critic is not None:
             state.update({f"critic_{k}": v for k, v in self.critic.save_state(path).items()})
             if not self.critic.saves_weights:
                 state["critic"] = self.critic.module.state_dict()
+        if group.rank() > 0:
+            path.mkdir(parents=True, exist_ok=True)  # rank 0 may not have created it yet
+            torch.save({"rng": state["rng"]}, path / f"rng_rank{group.rank()}.pt")
+            return
+        save_checkpoint(self.policy.module, self.tokenizer, path, weights)
         torch.save(state, path / LEARNER_STATE)
 
     def load(self, path: str | Path) -> int:
@@ -229,6 +291,7 @@ class Learner:
         if self.critic is not None:
             critic_state = {k.removeprefix("critic_"): v for k, v in state.items() if k.startswith("critic_")}
             self.critic.load_state(path, critic_state, state.get("critic"))
-        set_rng_state(state["rng"])
+        own = path / f"rng_rank{group.rank()}.pt"
+        set_rng_state(torch.load(own, weights_only=False)["rng"] if group.rank() > 0 and own.is_file() else state["rng"])
         self.version = state["version"]
         return self.version

@@ -4,7 +4,8 @@ deepspeed is imported only when chosen).
 
 The learner sees one small interface: `model` (what to run forward: the module, or DeepSpeed's
 engine), `module` (the model itself), `zero_grad()`, `backward(loss, is_last)` per micro-batch,
-`step() -> grad norm` once per inner step, `state_dict()` (full weights, for weight sync),
+`step() -> grad norm` once per inner step (after summing the gradients over the learners' process
+group, `apr.rl.group`, when `dist.num_learners` > 1), `state_dict()` (full weights, for weight sync),
 `hf_state_dict()` (what the HF export writes; None: the module's own), `save_state`/`load_state`.
 
 Gradient accumulation is the same in both: each micro-batch's loss is already divided by the
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from apr.rl import group
 from apr.rl.config import RLConfig, RLOptimConfig
 
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed's own checkpoint, beside the HF files of a learner checkpoint
@@ -41,6 +43,7 @@ class TorchTrainable:
     """A model, its AdamW and schedule; autograd accumulates gradients; state goes into learner.pt."""
 
     saves_weights = False  # the learner restores the weights (from the HF files) itself
+    needs_matched_micro_batches = False  # backward() runs no collective: ranks may differ in micro-batches
 
     def __init__(self, model, cfg: RLConfig, lr: float, name: str, device: torch.device) -> None:
         self.model = self.module = model
@@ -59,6 +62,8 @@ class TorchTrainable:
         loss.backward()
 
     def step(self) -> float:
+        if group.world_size() > 1:  # each rank's losses carry the global denominator: the sum is the batch's
+            group.all_reduce_grads([p for p in self.module.parameters() if p.requires_grad])
         params = [p for p in self.module.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
         self.opt.step()
@@ -85,10 +90,13 @@ class TorchTrainable:
 class DeepSpeedTrainable:
     """DeepSpeed ZeRO (`train.zero_stage`) around our AdamW (DeepSpeed's own optimizers JIT-compile C++
     for ~80 s). bf16 weights on CUDA when `train.precision=bf16` (fp32 master weights in the
-    optimizer); on CPU fp32 weights under our autocast, the `cpu` accelerator and gloo. The learner is
-    one process: RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT are set to a world of one."""
+    optimizer); on CPU fp32 weights under our autocast, the `cpu` accelerator and gloo. One learner is
+    a world of one (RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT are set to it); several join the
+    group `apr.rl.group.join` made, and DeepSpeed averages their gradients (see `backward`)."""
 
     saves_weights = True  # DeepSpeed's checkpoint holds the module (and, under ZeRO-3, its shards)
+    # ZeRO-2/3 reduce gradients inside every backward: all ranks must run as many micro-batches
+    needs_matched_micro_batches = True
 
     def __init__(self, model, cfg: RLConfig, lr: float, name: str, device: torch.device) -> None:
         from apr.sft.strategy import init_deepspeed
@@ -100,7 +108,7 @@ class DeepSpeedTrainable:
         self.stage = cfg.train.zero_stage
         self.is_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
         opt, sched = adamw(model.parameters(), cfg.optim, lr)
-        world = int(os.environ["WORLD_SIZE"])
+        world = self.world = int(os.environ["WORLD_SIZE"])
         config = {
             # one accumulation step as far as DeepSpeed knows: `backward` marks the real boundary
             "train_micro_batch_size_per_gpu": 1,
@@ -127,8 +135,10 @@ class DeepSpeedTrainable:
     def backward(self, loss: torch.Tensor, is_last: bool) -> None:
         # Gradients of every micro-batch accumulate; only the last one is the boundary at which
         # ZeRO reduces them and step() updates. The loss already carries the batch's denominator.
+        # Over several learners DeepSpeed averages the gradients; the losses carry the global denominator,
+        # so scaling by the world size turns that mean into the batch's sum.
         self.model.set_gradient_accumulation_boundary(is_last)
-        self.model.backward(loss, scale_wrt_gas=False)
+        self.model.backward(loss * self.world if self.world > 1 else loss, scale_wrt_gas=False)
 
     def step(self) -> float:
         # ZeRO 1-3 (and bf16) record the norm they clip with; plain stage 0 leaves it to us

@@ -43,8 +43,10 @@ def _free_port() -> int:
 def init_deepspeed(device_type: str, backend: str, single_process: bool = False) -> None:
     """Import deepspeed and join (or start) its process group; unset launcher variables default to
     one process (rank 0 of 1 on this host, a free port). `single_process` (the RL learner) sets them
-    to a world of one whatever the environment holds: a Ray actor inherits the variables of the
-    process that started Ray, e.g. a MASTER_PORT that process already listens on."""
+    to a world of one whatever the environment holds (a Ray actor inherits the variables of the
+    process that started Ray, e.g. a MASTER_PORT that process already listens on), unless the
+    learners' process group (`apr.rl.group.join`, `dist.num_learners` > 1) already exists: then
+    DeepSpeed joins it, and on CPU it reduces through gloo (no shared-memory op to build)."""
     import torch.distributed as dist
 
     if single_process and not dist.is_initialized():
@@ -58,7 +60,7 @@ def init_deepspeed(device_type: str, backend: str, single_process: bool = False)
     import deepspeed
     import deepspeed.ops
 
-    if device_type == "cpu" and int(os.environ["WORLD_SIZE"]) == 1:
+    if device_type == "cpu" and (int(os.environ["WORLD_SIZE"]) == 1 or single_process):
         # one process needs no shared-memory allreduce: skip its ~1 min C++ build on first use
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)

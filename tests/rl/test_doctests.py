@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["apr.rl.config", "apr.rl.strategy", "apr.rl.weights", "apr.rl.batch", "apr.rl.rollout", "apr.rl.algos"]
+MODULES = ["apr.rl.config", "apr.rl.strategy", "apr.rl.weights", "apr.rl.batch", "apr.rl.rollout", "apr.rl.algos",
+           "apr.rl.group"]
 
 
 @pytest.mark.parametrize("module", MODULES)
