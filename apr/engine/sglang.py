@@ -15,6 +15,8 @@ it. Requests run on a thread pool, at most `max_inflight` at once; `submit` neve
     ['length']
 
 Or let it launch the servers: `SGLangEngine.from_pretrained(DIR, urls=[...], launch=True)`.
+RL weight updates (`load_weights`) go through the disk (`update_weights_from_disk`) or, with
+`weight_sync="distributed"`, over a process group with the servers (`broadcast_weights`).
 Differences from `local`: SGLang also stops at the model's own eos id (`ignore_eos` would turn
 `stop_token_ids` off too), and its log-probs are of the raw distribution only when the server
 runs with `SGLANG_RETURN_ORIGINAL_LOGPROB=1` (set by `launch_server`; otherwise they are taken
@@ -69,6 +71,16 @@ class SGLangEngineConfig:
     launch_timeout_s: float = 600.0  # wait for a launched server's /health
     # where `load_weights` writes checkpoints for the servers to read (null: the system temp dir)
     weights_dir: str | None = None
+    # how `load_weights` (the RL loop's weight sync) reaches the servers: "disk" writes an HF checkpoint
+    # under weights_dir and calls /update_weights_from_disk; "distributed" broadcasts the tensors over a
+    # process group whose rank 0 is this client (/init_weights_update_group once, then
+    # /update_weights_from_distributed per bucket): NCCL between GPUs of one node or a fast network
+    weight_sync: str = "disk"
+    weight_sync_backend: str = "nccl"  # nccl (CUDA tensors) or gloo (CPU tensors; what the tests use)
+    # this process's address as the servers reach it for the group's rendezvous (null: 127.0.0.1 when
+    # every server is local, else this host's IP)
+    weight_sync_address: str | None = None
+    ranks_per_server: int = 1  # each server's GPUs (its --tp-size): its ranks in the weight-sync group
 
     def __post_init__(self) -> None:
         urls = self.urls
@@ -92,6 +104,13 @@ class SGLangEngineConfig:
             check(isinstance(value, (list, tuple)) and all(isinstance(a, str) for a in value), f"engine.{name}",
                   value, "a list of strings")
         check(isinstance(self.launch, bool), "engine.launch", self.launch, "true or false")
+        check(self.weight_sync in ("disk", "distributed"), "engine.weight_sync", self.weight_sync,
+              "disk or distributed")
+        check(self.weight_sync_backend in ("nccl", "gloo"), "engine.weight_sync_backend", self.weight_sync_backend,
+              "nccl or gloo")
+        check(isinstance(self.ranks_per_server, int) and not isinstance(self.ranks_per_server, bool)
+              and self.ranks_per_server >= 1, "engine.ranks_per_server", self.ranks_per_server,
+              "an integer >= 1 (each server's tensor-parallel size)")
         if self.launch:
             remote = [u for u in self.urls if urlparse(u).hostname not in ("127.0.0.1", "localhost", "0.0.0.0")]
             check(not remote and all(urlparse(u).port for u in self.urls), "engine.urls", self.urls,
@@ -194,6 +213,7 @@ class SGLangEngine:
         self._load = dict.fromkeys(cfg.urls, 0)  # requests in flight per server
         self._next_url = 0
         self._tag = uuid.uuid4().hex[:8]  # makes rids unique across clients sharing a server
+        self._update_group = None  # the weight-sync process group (`weight_sync=distributed`), made on first use
 
     @classmethod
     def from_pretrained(cls, path: str, **options) -> SGLangEngine:
@@ -307,12 +327,16 @@ class SGLangEngine:
         self.policy_version = version
 
     def load_weights(self, buckets: list[dict], version: int) -> None:
-        """Weights from the learner (name -> tensor dicts, `apr.rl.weights.to_buckets`), via the disk.
+        """Weights from the learner (name -> tensor dicts, `apr.rl.weights.to_buckets`) into every server.
 
-        Written as an HF checkpoint (this engine's config files + model.safetensors) under
-        `weights_dir`, which every server must be able to read, then `update_weights_from_disk`;
-        the previous version's directory is removed. Across nodes prefer the NCCL path below.
+        `weight_sync=disk`: written as an HF checkpoint (this engine's config files +
+        model.safetensors) under `weights_dir`, which every server must be able to read, then
+        `update_weights_from_disk`; the previous version's directory is removed.
+        `weight_sync=distributed`: broadcast over the weight-sync group (`broadcast_weights`).
         """
+        if self.config.weight_sync == "distributed":
+            self.broadcast_weights(buckets, version)
+            return
         import shutil
 
         from safetensors.torch import save_file
@@ -360,6 +384,61 @@ class SGLangEngine:
         future.add_done_callback(lambda f: f.exception() is None and setattr(self, "policy_version", version))
         return future
 
+    def broadcast_weights(self, buckets: list[dict], version: int) -> None:
+        """Send the weights to every server over a process group whose rank 0 is this client.
+
+        The group is made on first use (`init_weights_update_group`: server i's ranks start at
+        1 + i * ranks_per_server). Then, per bucket, `update_weights_from_distributed` announces
+        the names, dtypes and shapes and this client broadcasts each tensor in that order; the
+        servers load them and flush their caches. `policy_version` is `version` once every server
+        acknowledged every bucket.
+        """
+        import torch
+
+        cfg = self.config
+        if cfg.weight_sync_backend == "nccl" and not torch.cuda.is_available():
+            raise ConfigError("engine.weight_sync_backend: nccl broadcasts CUDA tensors and this process sees no "
+                              "GPU; give the rollout worker one (dist.worker_gpus), or use gloo or weight_sync=disk")
+        if self._update_group is None:
+            self._update_group = self._join_update_group()
+        device = torch.device("cuda") if cfg.weight_sync_backend == "nccl" else torch.device("cpu")
+        for bucket in buckets:
+            names = list(bucket)
+            tensors = [bucket[n].detach().to(device).contiguous() for n in names]
+            future = self.update_weights_from_distributed(
+                names, [str(t.dtype).removeprefix("torch.") for t in tensors], [list(t.shape) for t in tensors],
+                version, group_name=self._update_group_name)
+            for t in tensors:
+                torch.distributed.broadcast(t, src=0, group=self._update_group)
+            future.result(timeout=cfg.timeout_s)
+        self.policy_version = version
+
+    def _join_update_group(self):
+        import socket
+
+        cfg = self.config
+        local = all(urlparse(u).hostname in ("127.0.0.1", "localhost") for u in cfg.urls)
+        address = cfg.weight_sync_address or ("127.0.0.1" if local else socket.gethostbyname(socket.gethostname()))
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        world = 1 + len(cfg.urls) * cfg.ranks_per_server
+        joined = self.init_weights_update_group(address, port, world, self._update_group_name,
+                                                cfg.weight_sync_backend, cfg.ranks_per_server)
+        try:
+            group = new_update_group(cfg.weight_sync_backend, address, port, world, 0, self._update_group_name,
+                                     cfg.timeout_s)
+        except Exception as e:
+            raise SGLangError(f"engine.weight_sync=distributed: could not form the weight-sync group at "
+                              f"{address}:{port} with {cfg.urls}: {e}; set engine.weight_sync_address to an "
+                              f"address the servers reach, or use engine.weight_sync=disk") from e
+        joined.result(timeout=cfg.timeout_s)
+        return group
+
+    @property
+    def _update_group_name(self) -> str:
+        return f"apr_weights_{self._tag}"
+
     @property
     def _weights_root(self) -> Path:
         return Path(self.config.weights_dir or tempfile.gettempdir()) / f"apr-sglang-weights-{self._tag}"
@@ -369,6 +448,11 @@ class SGLangEngine:
         import shutil
 
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._update_group is not None:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group(self._update_group)
+            self._update_group = None
         for s in self.servers:
             s.stop()
         shutil.rmtree(self._weights_root, ignore_errors=True)
@@ -484,6 +568,24 @@ class SGLangEngine:
 
         threading.Thread(target=run, name=f"apr-sglang{path}", daemon=True).start()
         return future
+
+
+def new_update_group(backend: str, address: str, port: int, world_size: int, rank: int, group_name: str,
+                     timeout_s: float):
+    """A process group of its own (not the default world) for weight sync, as SGLang's servers make
+    theirs in `init_weights_update_group`: TCP rendezvous at address:port, keys under `group_name`.
+    Works whether or not this process already belongs to another world (a DeepSpeed learner, say)."""
+    from datetime import timedelta
+
+    from torch.distributed import distributed_c10d as c10d
+
+    timeout = timedelta(seconds=timeout_s)
+    store, rank, world_size = next(c10d.rendezvous(f"tcp://{address}:{port}", rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    group, _ = c10d._new_process_group_helper(world_size, rank, [], backend, c10d.PrefixStore(group_name, store),
+                                              group_name=group_name, timeout=timeout)
+    c10d._world.pg_group_ranks[group] = {i: i for i in range(world_size)}
+    return group
 
 
 def _payload(input_ids: list[int], params, max_new_tokens: int, seed: int | None) -> dict:

@@ -42,7 +42,7 @@ def load_local_engine(model_path: str):
 class _Job:
     """One HTTP call waiting for the engine loop."""
 
-    kind: str  # generate | abort | flush | reload
+    kind: str  # generate | abort | flush | reload | tensors
     body: dict
     done: threading.Event = field(default_factory=threading.Event)
     status: int = 200
@@ -71,6 +71,7 @@ class Standin:
         self._running: dict[str, _Job] = {}  # engine id -> job
         self._kept: OrderedDict[tuple[int, ...], str] = OrderedDict()  # full ids -> engine id (LRU)
         self._num_ids = 0
+        self._groups: dict = {}  # weight-sync process groups by name (/init_weights_update_group)
         self._stopping = threading.Event()
         self.httpd = ThreadingHTTPServer((host, port), _Handler)
         self.httpd.daemon_threads = True
@@ -125,9 +126,39 @@ class Standin:
             return self._submit(_Job("flush", body))
         if path == "/update_weights_from_disk":
             return self._submit(_Job("reload", body))
-        if path in ("/init_weights_update_group", "/update_weights_from_distributed"):
-            return 200, {"success": True, "message": "stand-in: accepted (no NCCL here)"}
+        if path == "/init_weights_update_group":
+            return self._join_group(body)
+        if path == "/update_weights_from_distributed":
+            return self._receive(body)
         return 404, {"detail": "Not Found"}
+
+    def _join_group(self, body: dict) -> tuple[int, dict]:
+        """Join the client's weight-sync group as rank `rank_offset` (this stand-in is one tp rank);
+        blocks until every member joined, as SGLang's does."""
+        from apr.engine.sglang import new_update_group
+
+        try:
+            self._groups[body["group_name"]] = new_update_group(
+                body.get("backend", "nccl"), body["master_address"], int(body["master_port"]),
+                int(body["world_size"]), int(body["rank_offset"]), body["group_name"], 60.0)
+        except Exception as e:
+            return 400, {"success": False, "message": f"Failed to initialize custom process group: {e}."}
+        return 200, {"success": True, "message": "Succeeded to initialize custom process group."}
+
+    def _receive(self, body: dict) -> tuple[int, dict | None]:
+        """Receive the announced tensors from rank 0, then load them between engine steps."""
+        import torch
+        import torch.distributed as dist
+
+        group = self._groups.get(body.get("group_name"))
+        if group is None:
+            return 400, {"success": False, "message": f"Group {body.get('group_name')} not in update groups."}
+        tensors = {}
+        for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"]):
+            t = torch.empty(shape, dtype=getattr(torch, dtype))
+            dist.broadcast(t, src=0, group=group)
+            tensors[name] = t
+        return self._submit(_Job("tensors", {**body, "tensors": tensors}))
 
     def model_info(self) -> dict:
         return {"model_path": self.model_path, "tokenizer_path": None, "is_generation": True,
@@ -162,7 +193,7 @@ class Standin:
                 jobs = []
             for job in jobs:
                 self._dispatch(job)
-            reloads = [j for j in self._deferred if j.kind == "reload"]
+            reloads = [j for j in self._deferred if j.kind in ("reload", "tensors")]
             if reloads and not self.engine.has_work():
                 self._reload(reloads[0])
             if self.engine.has_work():
@@ -172,7 +203,8 @@ class Standin:
                     self._answer(c)
 
     def _dispatch(self, job: _Job) -> None:
-        if job.kind == "reload" or (job.kind == "generate" and any(j.kind == "reload" for j in self._deferred)):
+        if job.kind in ("reload", "tensors") or (
+                job.kind == "generate" and any(j.kind in ("reload", "tensors") for j in self._deferred)):
             self._deferred.append(job)  # SGLang lets in-flight requests finish before it swaps weights
         elif job.kind == "generate":
             self._admit(job)
@@ -233,18 +265,35 @@ class Standin:
     def _reload(self, job: _Job) -> None:
         self._deferred.remove(job)
         try:
-            self.engine, self.eos_id, self.context_len = self.engine_factory(job.body["model_path"])
+            if job.kind == "tensors":
+                self._load_tensors(job.body["tensors"])
+            else:
+                self.engine, self.eos_id, self.context_len = self.engine_factory(job.body["model_path"])
         except Exception as e:  # SGLang answers a failed load with success false, old weights kept
             self._reply(job, 400, {"success": False, "message": f"Failed to load weights: {e}"})
         else:
-            self._kept.clear()  # a new engine: nothing cached
-            self.model_path = job.body["model_path"]
+            if job.kind == "tensors":
+                self._release_kept(len(self._kept))  # flush_cache: the kept KV came from the old weights
+            else:
+                self._kept.clear()  # a new engine: nothing cached
+                self.model_path = job.body["model_path"]
             self.weight_version = str(job.body.get("weight_version", self.weight_version))
             self._reply(job, 200, {"success": True, "message": "Succeeded to update model weights.",
                                    "num_paused_requests": 0})
         held, self._deferred = self._deferred, []
         for j in held:
             self._dispatch(j)
+
+    def _load_tensors(self, tensors: dict) -> None:
+        import torch
+
+        params = dict(self.engine.model.named_parameters(remove_duplicate=False))  # tied names too
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise ValueError(f"unknown parameter names {unknown[:3]}")
+        with torch.no_grad():
+            for name, t in tensors.items():
+                params[name].copy_(t)
 
     @staticmethod
     def _reply(job: _Job, status: int, answer) -> None:

@@ -286,12 +286,6 @@ def test_update_weights_from_disk_changes_outputs(ckpts, server, tmp_path):
     with pytest.raises(SGLangError, match="update_weights_from_disk: .*Failed to load"):
         engine.update_weights_from_disk(ckpts[1] / "missing", version=2)
     assert engine.policy_version == 1
-    # the NCCL path: only the HTTP calls (the stand-in accepts them)
-    assert engine.init_weights_update_group("10.0.0.1", 29500, world_size=2).result(timeout=10)
-    engine.update_weights_from_distributed(["lm_head.weight"], ["float32"], [[4, 4]], version=3).result(timeout=10)
-    assert engine.policy_version == 3
-    init = next(b for p, b in server.calls if p == "/init_weights_update_group")
-    assert init["rank_offset"] == 1 and init["world_size"] == 2 and init["backend"] == "nccl"
     # learner buckets (the RL weight-sync payload) go through a checkpoint on disk
     from transformers import LlamaForCausalLM
 
@@ -303,6 +297,50 @@ def test_update_weights_from_disk_changes_outputs(ckpts, server, tmp_path):
     assert Path(server.model_path).name == "v5" and not Path(server.model_path).with_name("v4").exists()
     engine.close()
     assert not any(tmp_path.iterdir())  # close removes the written checkpoints
+
+
+def test_distributed_weight_sync_broadcasts_into_two_server_processes(ckpts, tmp_path):
+    """weight_sync=distributed: one process group (this client rank 0, each server its rank), the
+    tensors broadcast bucket by bucket (gloo here; NCCL on GPUs), nothing written to disk."""
+    from transformers import LlamaForCausalLM
+
+    from apr.rl.weights import to_buckets
+
+    urls = [f"http://127.0.0.1:{_free_port()}" for _ in range(2)]
+    engine = SGLangEngine.from_pretrained(str(ckpts[0]), urls=urls, launch=True, launch_timeout_s=120,
+                                          launch_command=[sys.executable, str(STANDIN)], weights_dir=str(tmp_path),
+                                          weight_sync="distributed", weight_sync_backend="gloo", **FAST)
+    want_a, want_b = (_reference(c, PROMPTS, GREEDY) for c in ckpts)
+
+    def run():  # requests spread over both servers
+        for i, p in enumerate(PROMPTS * 2):
+            engine.submit(Request(f"r{i}", p, GREEDY))
+        out = {c.request_id: c.output_ids for c in engine.run_until_done()}
+        return [out[f"r{i}"] for i in range(len(PROMPTS) * 2)]
+
+    try:
+        assert run() == want_a * 2
+        for version, ckpt, want in ((1, ckpts[1], want_b), (2, ckpts[0], want_a)):
+            buckets = to_buckets(LlamaForCausalLM.from_pretrained(ckpt).state_dict(), 0.02)
+            assert len(buckets) > 1
+            engine.load_weights(buckets, version)
+            assert engine.policy_version == version and run() == want * 2
+            assert [engine._client.call("GET", u, "/get_model_info")["weight_version"] for u in urls] == [str(version)] * 2
+        assert not any(tmp_path.iterdir())  # nothing went through the disk
+    finally:
+        engine.close()
+    assert engine._update_group is None
+
+
+def test_distributed_weight_sync_unreachable_address_is_a_clear_error(ckpts, server):
+    engine = SGLangEngine.from_pretrained(str(ckpts[0]), urls=[server.url], weight_sync="distributed",
+                                          weight_sync_backend="gloo", weight_sync_address="127.0.0.1",
+                                          **{**FAST, "timeout_s": 3.0})
+    server.handle = lambda path, body: (200, {"success": True, "message": "ignored"})  # a server that never joins
+    with pytest.raises(SGLangError, match="weight_sync=distributed: could not form the weight-sync group"):
+        engine.load_weights([{"lm_head.weight": torch.zeros(2, 2)}], 1)
+    assert engine.policy_version == 0
+    engine.close()
 
 
 def test_launch_helper_starts_serves_and_stops_a_server(ckpts, tmp_path):

@@ -101,3 +101,24 @@ def test_each_rollout_worker_drives_its_own_servers(tmp_path, assets):
         assert a.num_generate > 0 and b.num_generate > 0
     for k in KEYS:
         assert remote[2][k] == pytest.approx(local[2][k], rel=1e-4, abs=1e-6), k
+
+
+def test_rl_with_distributed_weight_sync_matches_the_local_engine(tmp_path, assets):
+    """`weight_sync=distributed`: after every step the rollout worker broadcasts the learner's weights
+    over a process group to a server in another process (gloo here, NCCL on GPUs), nothing on disk."""
+    import sys
+    from pathlib import Path
+
+    local = _rows(tmp_path / "local", assets)
+    standin = Path(__file__).parents[1] / "engine" / "sglang_standin.py"
+    remote = _rows(tmp_path / "sglang", assets, **{
+        "rollout.engine": "sglang",
+        "rollout.engine_options": {"urls": [f"http://127.0.0.1:{_free_port()}"], "launch": True,
+                                   "launch_command": [sys.executable, str(standin)], "launch_timeout_s": 120,
+                                   "weight_sync": "distributed", "weight_sync_backend": "gloo",
+                                   "weights_dir": str(tmp_path / "weights")}})
+    assert sorted(remote) == [1, 2]
+    for step in (1, 2):  # step 2 samples with the weights broadcast after step 1
+        for k in KEYS:
+            assert remote[step][k] == pytest.approx(local[step][k], rel=1e-4, abs=1e-6), (step, k)
+    assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
