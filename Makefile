@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 # torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-tiny repro-paper
+.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-paper
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,26 +61,6 @@ repro-small: $(STAMP)
 		+models.sosp_rl=runs/rl/n4_small_sosp_grpo/final +models.apr_rl=runs/rl/n4_small_apr_grpo/final \
 		data_dir=data/countdown_n4 num_problems=500 out_dir=runs/eval/repro_small eval.max_thread_tokens=3072 \
 		'eval.windows=[256,512,768,1024,2048,3072]'
-
-# The N=4 comparison a 2-core CPU can afford (docs/RESULTS.md): N=4 with numbers 1..30 (task
-# countdown_n4_lo: the paper's search depth, arithmetic a tiny model learns), SoS+ and APR SFT of the
-# `tiny` model side by side (one core each, ~70 min), GRPO of both side by side (~30 min), evaluation
-# of all four on 500 test problems at per-thread windows 512-3,072. ~2.5 hours; every stage resumes.
-repro-tiny: $(STAMP)
-	@test -f data/countdown_n4_lo/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n4_lo \
-		data.num_train=10000 data.num_val=200 data.num_test=500 data.out_dir=data/countdown_n4_lo
-	@test -f runs/sft/n4lo_tiny_sosp/final/config.json -a -f runs/sft/n4lo_tiny_apr/final/config.json || { \
-		$(BIN)/python -m apr.cli.sft +sft=n4lo_tiny_sosp resume=true log.progress=false & p=$$!; \
-		$(BIN)/python -m apr.cli.sft +sft=n4lo_tiny_apr resume=true; r=$$?; wait $$p && test $$r -eq 0; }
-	@test -f runs/rl/n4lo_tiny_sosp_grpo/final/config.json -a -f runs/rl/n4lo_tiny_apr_grpo/final/config.json || { \
-		$(BIN)/python -m apr.cli.rl +rl=n4lo_tiny init=runs/sft/n4lo_tiny_sosp/final name=n4lo_tiny_sosp_grpo \
-			loss.kl_coef=0.01 rollout.runtime.max_thread_tokens=3072 resume=true progress=false & p=$$!; \
-		$(BIN)/python -m apr.cli.rl +rl=n4lo_tiny init=runs/sft/n4lo_tiny_apr/final name=n4lo_tiny_apr_grpo \
-			resume=true; r=$$?; wait $$p && test $$r -eq 0; }
-	$(BIN)/python -m apr.cli.eval models.sosp=runs/sft/n4lo_tiny_sosp/final models.apr=runs/sft/n4lo_tiny_apr/final \
-		+models.sosp_rl=runs/rl/n4lo_tiny_sosp_grpo/final +models.apr_rl=runs/rl/n4lo_tiny_apr_grpo/final \
-		data_dir=data/countdown_n4_lo num_problems=500 out_dir=runs/eval/repro_tiny eval.max_thread_tokens=3072 \
-		'eval.windows=[512,768,1024,2048,3072]'
 
 # The paper's experiment at full scale on GPUs (conf/experiment/paper_repro.yaml: its stages, overrides and
 # cost; the stages' overrides are read from that file). NGPUS processes for SFT (all visible GPUs by default);
