@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
 
 from apr.config import check
@@ -149,11 +150,27 @@ class TorchStrategy(Strategy):
                 self.owns_group = True
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(model, device_ids=ids)
+        self.eager = self.model
+        if self.train_cfg.compile:
+            import torch
+
+            self.model = torch.compile(self.model)
+
+    def loss(self, model, batch: PackedBatch, num_targets: int):
+        try:
+            return super().loss(model, batch, num_targets)
+        except Exception as e:  # compiling happens at the first forward: fall back to eager if it fails
+            if model is self.eager or not _is_compile_error(e):
+                raise
+            warnings.warn(f"train.compile: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); "
+                          f"training runs eager", stacklevel=2)
+            self.model = self.eager
+            return super().loss(self.model, batch, num_targets)
 
     def forward_backward(self, batch: PackedBatch, num_targets: int, is_last: bool):
         """Accumulate gradients of one micro-batch; returns its share of the step loss (detached)."""
         sync = is_last or self.world_size == 1
-        with contextlib.nullcontext() if sync else self.model.no_sync():
+        with contextlib.nullcontext() if sync else self.eager.no_sync():
             loss = self.loss(self.model, batch, num_targets)
             (loss * self.world_size).backward()  # DDP averages gradients over processes
         return loss.detach()
@@ -185,6 +202,11 @@ class TorchStrategy(Strategy):
         state = torch.load(path / "optim.pt", map_location=self.device, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _is_compile_error(e: Exception) -> bool:
+    """An error of torch.compile's machinery (dynamo, inductor, the C++ toolchain), not of the model."""
+    return any(c.__module__.startswith(("torch._dynamo", "torch._inductor")) for c in type(e).__mro__)
 
 
 @register("deepspeed")
