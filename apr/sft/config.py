@@ -73,7 +73,8 @@ class TrainConfig:
     num_epochs: int = 1
     num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     # torch.compile the training forward (strategy torch): ~1.3x for the tiny model on this CPU after
-    # ~40 s of compiling; falls back to eager, with a warning, where compiling fails (no C++ compiler)
+    # ~40 s of compiling; falls back to eager, with a warning, where compiling fails (no C++ compiler).
+    # Fused bf16 kernels round differently: a run is not digit-identical to eager (docs/RESULTS.md)
     compile: bool = False
 
     def __post_init__(self) -> None:
