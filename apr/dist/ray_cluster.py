@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from apr.rl.batch import shard_rows
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy, _device
 from apr.rl.rollout import Rollout, RolloutWorker, worker_rollout_config
+from apr.sft.strategy import free_port
 
 
 def _all_threads(num_threads: int) -> int:
@@ -68,10 +68,7 @@ class LearnerActor:
 
     def address(self) -> tuple[str, int]:
         """Rank 0: (node IP, free port) for the group's rendezvous."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), free_port("")
 
     def join(self, master_addr: str, master_port: int) -> None:
         """Join the learners' world, then build the learner (DeepSpeed's setup is collective)."""

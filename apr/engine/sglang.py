@@ -416,12 +416,12 @@ class SGLangEngine:
     def _join_update_group(self):
         import socket
 
+        from apr.sft.strategy import free_port
+
         cfg = self.config
         local = all(urlparse(u).hostname in ("127.0.0.1", "localhost") for u in cfg.urls)
         address = cfg.weight_sync_address or ("127.0.0.1" if local else socket.gethostbyname(socket.gethostname()))
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
+        port = free_port("")
         world = 1 + len(cfg.urls) * cfg.ranks_per_server
         joined = self.init_weights_update_group(address, port, world, self._update_group_name,
                                                 cfg.weight_sync_backend, cfg.ranks_per_server)

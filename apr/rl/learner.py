@@ -154,10 +154,8 @@ class Learner:
         if t.old_logprobs == "recompute":
             engine_logp = batch.old_logprobs
             batch.old_logprobs = self.logprobs(batch) * batch.mask
-            gap = ((engine_logp - batch.old_logprobs).abs() * batch.mask).sum()
-            if group.world_size() > 1:
-                gap = torch.tensor(group.all_reduce_sum([float(gap)])[0])
-            metrics["rl/logprob_mismatch"] = float(gap / max(num_tokens, 1))
+            (gap,) = group.all_reduce_sum([float(((engine_logp - batch.old_logprobs).abs() * batch.mask).sum())])
+            metrics["rl/logprob_mismatch"] = gap / max(num_tokens, 1)
         values_returns = None
         if self.critic is not None:
             values_returns = self._gae(batch)

@@ -4,8 +4,6 @@ plain torch and DeepSpeed ZeRO-2, and exact resume; the batch sharding and the c
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,29 +13,17 @@ from apr.dist import make_cluster
 from apr.rl.batch import shard_rows
 from apr.rl.trainer import RLTrainer
 from apr.sft.metrics import read_metrics
-from tests.rl._setup import make_checkpoint, make_data, rl_config
+from tests.rl._setup import make_assets, rl_config
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parents[2]
 KEYS = ("rl/loss", "rl/grad_norm", "rl/kl", "rollout/reward", "rl/train_tokens", "rl/train_sequences")
 TWO = {"dist.mode": "ray_local", "dist.num_learners": 2}
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    tmp = tempfile.mkdtemp(prefix="apr-ray-")  # short: Ray's socket paths live under it
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", _temp_dir=tmp,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # workers import tests.rl._setup's reward
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("multi_assets")
-    return make_checkpoint(tokenizer, root / "init"), make_data(root / "data")
+    return make_assets(tokenizer, tmp_path_factory.mktemp("multi_assets"))
 
 
 def _run(tmp, assets, **over):

@@ -26,6 +26,11 @@ def make_data(path: Path, n_train: int = 40, n_val: int = 6) -> Path:
     return path
 
 
+def make_assets(tokenizer, root: Path) -> tuple[Path, Path]:
+    """(initial checkpoint, data directory) under `root`."""
+    return make_checkpoint(tokenizer, root / "init"), make_data(root / "data")
+
+
 def rl_config(tmp: Path, init: Path, data: Path, **over) -> RLConfig:
     """A few-second run: 4 problems x G=2 per step, threads of <= 48 tokens."""
     c = {"init": str(init), "run_dir": str(tmp / "run"), "name": "t", "progress": False,

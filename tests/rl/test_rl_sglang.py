@@ -5,20 +5,22 @@ same steps as rollouts on the local engine (same weights, same seeds)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from apr.rl.trainer import InProcessCluster, RLTrainer
 from apr.sft.metrics import read_metrics
 from tests.engine.sglang_standin import Standin
-from tests.rl._setup import make_checkpoint, make_data, rl_config
+from tests.rl._setup import make_assets, rl_config
 
 KEYS = ("rl/loss", "rollout/reward", "rl/train_tokens", "rollout/generated_tokens")
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("rl_sglang")
-    return make_checkpoint(tokenizer, root / "init"), make_data(root / "data")
+    return make_assets(tokenizer, tmp_path_factory.mktemp("rl_sglang"))
 
 
 def _rows(tmp, assets, **over):
@@ -106,9 +108,6 @@ def test_each_rollout_worker_drives_its_own_servers(tmp_path, assets):
 def test_rl_with_distributed_weight_sync_matches_the_local_engine(tmp_path, assets):
     """`weight_sync=distributed`: after every step the rollout worker broadcasts the learner's weights
     over a process group to a server in another process (gloo here, NCCL on GPUs), nothing on disk."""
-    import sys
-    from pathlib import Path
-
     local = _rows(tmp_path / "local", assets)
     standin = Path(__file__).parents[1] / "engine" / "sglang_standin.py"
     remote = _rows(tmp_path / "sglang", assets, **{

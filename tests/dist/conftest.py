@@ -1,0 +1,22 @@
+"""One local Ray cluster per test module (started on first use, shut down after the module)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    tmp = tempfile.mkdtemp(prefix="apr-ray-")  # short: Ray's socket paths live under it
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", _temp_dir=tmp,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # workers import tests.rl._setup's reward
+    yield
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
