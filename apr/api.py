@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from apr.config import ConfigError, fail, from_dict, to_dict
 from apr.protocol import ProtocolError, ProtocolIds
-from apr.runtime import Runtime, RuntimeConfig, ThreadTree
+from apr.runtime import Finish, Runtime, RuntimeConfig, ThreadTree
 from apr.search import problem_prompt
 from apr.task import Problem, extract_answer, verify_with_reason
 
@@ -55,6 +56,23 @@ class ReasoningTree:
         """A thread's whole text (prompt, generated, runtime-written), the root by default."""
         t = thread or self.tree.root
         return self.tokenizer.decode(t.all_ids, skip_special_tokens=False)
+
+    def own_text(self, thread=None) -> str:
+        """What a thread (the root by default) wrote in its own voice: its generated spans, without the
+        messages it addressed to children and without what the runtime wrote in (joined results), one
+        span per line. Answers and rewards are read from this, never from `text()`."""
+        t = thread or self.tree.root
+        spans = self.protocol.own_spans(t.ids, t.mask)
+        return "\n".join(self.tokenizer.decode(s, skip_special_tokens=False) for s in spans)
+
+    @functools.cached_property
+    def protocol(self) -> ProtocolIds:
+        return ProtocolIds.from_tokenizer(self.tokenizer)
+
+    @property
+    def ended_cleanly(self) -> bool:
+        """The root ended with <eos> (not cut by the window, the budget, a timeout, or malformed)."""
+        return self.tree.root.finish_reason == Finish.EOS
 
     def render(self) -> str:
         """Every thread, depth first, indented by depth, with how it ended and its size."""
@@ -155,16 +173,21 @@ class Reasoner:
         return self.solve_batch([Problem(list(numbers), target)], condition=condition, **limits)[0]
 
     def solve_batch(self, problems: Iterable[Problem | tuple | dict], num_samples: int = 1,
-                    condition: str | None = None, **limits) -> list[SolveResult]:
-        """Solve many problems at once (their threads share engine batches); prompt-major order."""
+                    condition: str | None = None, require_eos: bool = True, **limits) -> list[SolveResult]:
+        """Solve many problems at once (their threads share engine batches); prompt-major order.
+
+        The answer is the last answer line the root wrote itself (`ReasoningTree.own_text`); with
+        `require_eos` (the default) it counts only if the root then ended with <eos>."""
         probs = [_as_problem(p, i) for i, p in enumerate(problems)]
         prefix = (condition.rstrip("\n") + "\n") if condition else ""
         trees = self.generate([prefix + problem_prompt(p) for p in probs], num_samples, **limits)
         results = []
         for k, tree in enumerate(trees):
             problem = probs[k // num_samples]
-            answer = extract_answer(tree.text())
+            answer = extract_answer(tree.own_text())
             ok, reason = verify_with_reason(problem, answer) if answer is not None else (False, "no answer line")
+            if ok and require_eos and not tree.ended_cleanly:
+                ok, reason = False, f"the root ended by {tree.tree.root.finish_reason}, not eos"
             results.append(SolveResult(problem, answer, ok, reason, tree, tree.tree.metrics()))
         return results
 

@@ -93,8 +93,9 @@ class LearnerActor:
 
 
 class RefActor:
-    def __init__(self, path: str, max_tokens: int, precision: str, num_threads: int, device: str = "cpu") -> None:
-        self.ref = RefPolicy(path, max_tokens, precision, device, _all_threads(num_threads))
+    def __init__(self, path: str, max_tokens: int, precision: str, num_threads: int, device: str = "cpu",
+                 temperature: float = 1.0) -> None:
+        self.ref = RefPolicy(path, max_tokens, precision, device, _all_threads(num_threads), temperature)
 
     def logprobs(self, batch):
         return self.ref.logprobs(batch)
@@ -124,7 +125,8 @@ class RayCluster:
         if cfg.uses_ref:
             self.ref = ray.remote(num_cpus=d.ref_cpus, num_gpus=d.ref_gpus)(RefActor).options(
                 **self._in_bundle(0)).remote(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision,
-                                            cfg.train.num_threads, "cuda" if d.ref_gpus > 0 else "cpu")
+                                            cfg.train.num_threads, "cuda" if d.ref_gpus > 0 else "cpu",
+                                            cfg.logprob_temperature)
         self.workers = [self._new_worker(i) for i in range(d.num_rollout_workers)]
         self.num_workers = len(self.workers)
         self.restarts = 0

@@ -125,9 +125,10 @@ class Request:
 class Completion:
     """A finished request.
 
-    `logprobs[i]` is the log-probability of `output_ids[i]` under the model's *raw* distribution
-    at that position: `log_softmax(logits)` at temperature 1 with no top-k / top-p, whatever
-    the request's sampling params; this is what a learner recomputes with a full forward.
+    `logprobs[i]` is the log-probability of `output_ids[i]` under the distribution it was sampled
+    from: `log_softmax(logits / temperature)` (greedy: `log_softmax(logits)`), before any top-k /
+    top-p truncation; this is what an RL learner recomputes with a full forward at the same
+    temperature (`apr.rl.batch.token_logprobs`), and what SGLang returns by default.
     """
 
     request_id: str

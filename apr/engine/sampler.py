@@ -24,10 +24,12 @@ from apr.engine.base import SamplingParams
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], uniforms: list[float]
            ) -> tuple[list[int], list[float]]:
-    """Pick one token per row of `logits` (N, V); return tokens and their raw log-probs.
+    """Pick one token per row of `logits` (N, V); return tokens and their log-probs.
 
-    `uniforms[i]` in [0, 1) is row i's draw (ignored for greedy rows). Log-probs are
-    `log_softmax(logits)` at temperature 1 without top-k / top-p (see `Completion`).
+    `uniforms[i]` in [0, 1) is row i's draw (ignored for greedy rows). Log-probs are of the
+    distribution the token was drawn from up to truncation: `log_softmax(logits / temperature)`
+    (temperature 0, greedy: `log_softmax(logits)`), before top-k / top-p, as SGLang returns them
+    by default; RL refuses top-k / top-p (see `Completion`).
     """
     logits = logits.float()  # (N, V): bf16 models sample and score in fp32
     plain, filtered, all_t1 = [], [], True
@@ -51,6 +53,9 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], uniforms: list[fl
             if rows:
                 idx = torch.tensor(rows, device=logits.device)  # (M,)
                 tokens[idx] = fn(logits[idx], [params[i] for i in rows], [uniforms[i] for i in rows])
+    temps = [p.temperature if p.temperature > 0 else 1.0 for p in params]
+    if any(t != 1.0 for t in temps):
+        logits = logits / torch.tensor(temps, dtype=logits.dtype, device=logits.device)[:, None]  # (N, V)
     # the fused log_softmax kernel is ~2x faster on CPU than logsumexp + gather
     logprobs = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0]  # (N,)
     return tokens.tolist(), logprobs.tolist()

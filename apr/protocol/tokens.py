@@ -67,6 +67,26 @@ class ProtocolIds:
         """Tokens after which the runtime takes over a thread: spawn, join or end."""
         return (self.spawn_end, self.join_end, self.eos)
 
+    def own_spans(self, ids: list[int], mask: list[int]) -> list[list[int]]:
+        """The runs of ids a thread generated itself (mask 1), with its spawn blocks cut out: what the
+        thread says in its own voice. Runtime-written ids (joined results) and the messages it addressed
+        to children both split spans and never appear in them.
+
+        >>> p = ProtocolIds(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+        >>> p.own_spans([20, 4, 21, 5, 9, 22, 10, 23, 3], [1, 1, 1, 1, 0, 0, 0, 1, 1])
+        [[20], [23, 3]]
+        """
+        spans: list[list[int]] = [[]]
+        in_spawn = False
+        for t, m in zip(ids, mask):
+            if not m or t == self.spawn or in_spawn:
+                in_spawn = bool(m) and (t == self.spawn or in_spawn) and t != self.spawn_end
+                if spans[-1]:
+                    spans.append([])
+                continue
+            spans[-1].append(t)
+        return [s for s in spans if s]
+
     def results_block(self, messages: list[list[int]]) -> list[int]:
         """What the runtime writes into a parent after its children joined."""
         out = [self.result]

@@ -59,31 +59,41 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torc
     return adv
 
 
+def reward_scale(rewards: torch.Tensor, group_ids: torch.Tensor, norm_std: bool = True, eps: float = 1e-6,
+                 **_) -> torch.Tensor:
+    """(B,) what the group normalisation multiplies a reward by: 1 / (std + eps) with `norm_std` (grpo),
+    else 1; and 0 in a group whose rewards are all equal (no signal: nothing is paid there).
+
+    A per-thread reward `r + x` normalised with its group's statistics has advantage
+    `adv_root + x * scale`: `credit` uses it so that bonuses enter before the normalisation."""
+    scale = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
+    for g in group_ids.unique():
+        idx = group_ids == g
+        r = rewards[idx].float()
+        if r.numel() > 1 and r.std() > 0:
+            scale[idx] = 1.0 / (float(r.std(unbiased=True)) + eps) if norm_std else 1.0
+    return scale
+
+
 # ---- credit assignment: a tree's advantage -> each of its threads ------------------------------------
 @_register(CREDIT, "root")
-def credit_root(root_advantage: float, threads: list[dict]) -> list[float]:
+def credit_root(root_advantage: float, threads: list[dict], scale: float = 1.0, **_) -> list[float]:
     """Every thread of the tree gets the root's advantage (the paper's end-to-end choice)."""
     return [root_advantage] * len(threads)
 
 
 @_register(CREDIT, "child_outcome")
-def credit_child_outcome(root_advantage: float, threads: list[dict], bonus: float = 0.5) -> list[float]:
-    """Root: the root's advantage. A child: the root's advantage, plus `bonus` if it joined back a
-    correct result that the root's answer used, minus `bonus` if it returned nothing.
+def credit_child_outcome(root_advantage: float, threads: list[dict], scale: float = 1.0, bonus: float = 0.5
+                         ) -> list[float]:
+    """Root: the root's advantage. A child: the root's advantage + `bonus` x its outcome x `scale`.
 
-    `threads[i]` has `is_root`, `returned` (non-empty join) and `used` (its result became the answer).
+    `threads[i]` has `is_root` and `outcome` (`apr.search.child_outcome`): +1 a verified partial
+    solution the root's answer used, 0 a correct "no solution" report or an unused valid path, -1 an
+    invented or wrong result, a missed solution, or no join. `scale` (`reward_scale`) makes the bonus
+    part of the child's reward before group normalisation: in a group with no signal it is 0.
     """
-    out = []
-    for t in threads:
-        if t["is_root"]:
-            out.append(root_advantage)
-        elif t.get("used"):
-            out.append(root_advantage + bonus)
-        elif not t.get("returned"):
-            out.append(root_advantage - bonus)
-        else:
-            out.append(root_advantage)
-    return out
+    return [root_advantage if t["is_root"] else root_advantage + bonus * t.get("outcome", 0) * scale
+            for t in threads]
 
 
 # ---- PPO: GAE over one thread's tokens ------------------------------------------------------------------
@@ -112,20 +122,36 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 # ---- policy losses (per token) ------------------------------------------------------------------
 @_register(POLICY_LOSSES, "ppo_clip")
-def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO-clip loss and whether the token was clipped. All (B, T)."""
-    ratio = torch.exp(logp - old_logp)  # (B, T)
+def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss and whether the token was clipped. All (B, T).
+
+    The log-ratio is taken only where `mask` is 1 (0 elsewhere) and clamped to [-20, 20] as in verl,
+    so a stale or padded position can never overflow exp()."""
+    ratio = torch.exp(log_ratio(logp, old_logp, mask))  # (B, T)
     unclipped = -advantages * ratio  # (B, T)
     clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)  # (B, T)
     loss = torch.maximum(unclipped, clipped)  # (B, T)
     return loss, (clipped > unclipped).float()
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
-    d = ref_logp - logp  # (B, T)
-    return torch.exp(d) - d - 1
+def log_ratio(logp: torch.Tensor, other: torch.Tensor, mask: torch.Tensor | None = None,
+              bound: float = 20.0) -> torch.Tensor:
+    """logp - other where `mask` is 1 and 0 elsewhere (prompt, joined results, padding), clamped to
+    [-bound, bound]: exp() of it is finite whatever the masked positions hold. (B, T)."""
+    d = logp - other  # (B, T)
+    if mask is not None:
+        d = torch.where(mask.bool(), d, torch.zeros_like(d))  # (B, T)
+    return d.clamp(-bound, bound)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0.
+
+    Computed only where `mask` is 1 (0 elsewhere), the log-ratio clamped to [-20, 20] and k3 to
+    [-10, 10] (verl's bounds), so one wild position cannot make the loss inf or NaN. (B, T)."""
+    d = log_ratio(ref_logp, logp, mask)  # (B, T)
+    return (torch.exp(d) - d - 1).clamp(-10.0, 10.0)
 
 
 # ---- aggregation of per-token losses -----------------------------------------------------------------

@@ -48,6 +48,9 @@ class AlgoConfig:
     lam: float = 0.95  # gae
     format_bonus: float = 0.0  # reward for a well-formed but wrong answer line (0: pure outcome)
     reward: str = "countdown"  # a name in apr.rl.rollout.REWARDS, or "package.module:function"
+    # a root that did not end with <eos> (cut by the window, the budget or a timeout; malformed) scores
+    # 0 and counts as wrong; false pays whatever answer line it wrote before it was cut
+    require_eos: bool = True
 
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class AlgoConfig:
         from apr.rl.rollout import resolve_reward
 
         resolve_reward(self.reward)
+        check(self.credit != "child_outcome" or self.reward == "countdown", "algo.credit", self.credit,
+              "root with a reward of your own (child_outcome checks children's Countdown paths: reward=countdown)")
         check(0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "algo.lam/gamma", (self.lam, self.gamma),
               "numbers in [0, 1]")
 
@@ -118,6 +123,7 @@ class RLTrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # torch intra-op threads of the learner (0: torch's default)
+    max_nonfinite_steps: int = 3  # optimizer steps in a row skipped for a non-finite gradient that stop the run (0: never)
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "train.steps", self.steps, "a positive integer")
@@ -126,6 +132,8 @@ class RLTrainConfig:
         check(self.micro_batch_tokens >= 16, "train.micro_batch_tokens", self.micro_batch_tokens, "an integer >= 16")
         check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
         check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
+        check(self.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", self.max_nonfinite_steps,
+              "an integer >= 0 (0: never stop)")
 
 
 @dataclass
@@ -141,6 +149,13 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         check(self.engine in ("local", "sglang"), "rollout.engine", self.engine, "local or sglang")
+        # the learner scores tokens under logits / temperature; a truncated (top-k / top-p) distribution
+        # would make every PPO ratio off-policy with no correction, so RL refuses it
+        rt = self.runtime
+        check(rt.top_p == 1.0, "rollout.runtime.top_p", rt.top_p,
+              "1.0 (RL trains on the log-probs of the distribution sampled from; top-p is not supported)")
+        check(rt.top_k == -1, "rollout.runtime.top_k", rt.top_k,
+              "-1 (RL trains on the log-probs of the distribution sampled from; top-k is not supported)")
         check(self.eval_every_steps >= 0, "rollout.eval_every_steps", self.eval_every_steps, ">= 0")
         check(self.eval_problems >= 0, "rollout.eval_problems", self.eval_problems, ">= 0 (0: off)")
 
@@ -243,6 +258,12 @@ class RLConfig:
             check(len(urls) >= self.dist.num_rollout_workers, "rollout.engine_options.urls", urls,
                   f"at least one server URL per rollout worker (dist.num_rollout_workers="
                   f"{self.dist.num_rollout_workers}): each worker drives, and updates the weights of, its own servers")
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature of the distribution rollouts sample from, which every log-prob is of
+        (greedy rollouts, temperature 0, score the raw distribution)."""
+        return self.rollout.runtime.temperature or 1.0
 
     @property
     def uses_critic(self) -> bool:

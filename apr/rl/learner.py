@@ -14,6 +14,7 @@ How a model is stepped (plain torch, or DeepSpeed ZeRO) is `train.strategy` (`ap
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -38,14 +39,14 @@ def _autocast(precision: str, device: torch.device):
 
 
 def batched_logprobs(model, batch: SequenceBatch, max_tokens: int, autocast=contextlib.nullcontext,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, T) log-prob of every token under `model`, without gradients, in micro-batches."""
+                     device: torch.device | str = "cpu", temperature: float = 1.0) -> torch.Tensor:
+    """(N, T) log-prob of every token under `model` (logits / `temperature`), without gradients, in micro-batches."""
     out = torch.zeros(batch.ids.shape)  # (N, T)
     with torch.no_grad():
         for rows in micro_batches(batch.lengths.tolist(), max_tokens):
             sub = batch.select(rows)
             with autocast():
-                logp, _ = token_logprobs(model, sub.ids.to(device))  # (n, t)
+                logp, _ = token_logprobs(model, sub.ids.to(device), temperature=temperature)  # (n, t)
             out[torch.tensor(rows), :logp.shape[1]] = logp.float().cpu()
     return out
 
@@ -72,19 +73,20 @@ class ValueModel(torch.nn.Module):
 
 
 class RefPolicy:
-    """The frozen initial policy, for the KL penalty."""
+    """The frozen initial policy, for the KL penalty (at the rollouts' temperature, as the policy's)."""
 
     def __init__(self, path: str, max_tokens: int, precision: str = "fp32", device: str = "cpu",
-                 num_threads: int = 0) -> None:
+                 num_threads: int = 0, temperature: float = 1.0) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)
         self.model = load_checkpoint(path)[0].to(self.device).eval()
         self.max_tokens = max_tokens
         self.autocast = _autocast(precision, self.device)
+        self.temperature = temperature
 
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
-        return batched_logprobs(self.model, batch, self.max_tokens, self.autocast, self.device)
+        return batched_logprobs(self.model, batch, self.max_tokens, self.autocast, self.device, self.temperature)
 
 
 def _whitening(adv: torch.Tensor, mask: torch.Tensor) -> tuple:
@@ -131,13 +133,16 @@ class Learner:
             critic = ValueModel(cfg.init).to(self.device).train()
             self.critic = strategy(critic, cfg, cfg.optim.critic_lr, "critic", self.device)
         self.version = 0  # optimizer updates applied (one per RL step)
+        self.num_nonfinite = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
+        self.num_nonfinite_in_row = 0
 
     # ---- one RL step --------------------------------------------------------------------------------
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         model = self.policy.model
         model.eval()
         try:
-            return batched_logprobs(model, batch, self.cfg.train.micro_batch_tokens, self.autocast, self.device)
+            return batched_logprobs(model, batch, self.cfg.train.micro_batch_tokens, self.autocast, self.device,
+                                    self.cfg.logprob_temperature)
         finally:
             model.train()
 
@@ -180,6 +185,7 @@ class Learner:
                 for k, v in s.items():
                     sums[k] = sums.get(k, 0.0) + v
             metrics["rl/grad_norm"] = self.policy.step()
+            self._count_nonfinite(metrics, metrics["rl/grad_norm"], loss_total)
             if self.critic is not None:
                 metrics["rl/critic_grad_norm"] = self.critic.step()
                 metrics["rl/value_loss"] = vloss_total
@@ -203,7 +209,7 @@ class Learner:
         ref = None
         if ref_logprobs is not None:
             ref = ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]].to(self.device)  # (n, t)
-        loss, s = policy_loss(self.policy.model, sub, cfg.loss, ref, denom, self.autocast)
+        loss, s = policy_loss(self.policy.model, sub, cfg.loss, ref, denom, self.autocast, cfg.logprob_temperature)
         if not is_real:
             loss, s = loss * 0.0, {}
         self.policy.backward(loss, is_last)
@@ -221,6 +227,24 @@ class Learner:
             vl = vl * 0.0
         self.critic.backward(vl, is_last)
         return float(loss.detach()), float(vl.detach()), s
+
+    def _count_nonfinite(self, metrics: dict, grad_norm: float, loss: float) -> None:
+        """Count an optimizer step the strategy skipped (its gradient norm, the same on every rank, is not
+        finite: nothing was applied); `train.max_nonfinite_steps` of them in a row stop the run."""
+        skipped = not math.isfinite(grad_norm)
+        metrics["rl/nonfinite_steps"] = metrics.get("rl/nonfinite_steps", 0) + int(skipped)
+        self.num_nonfinite += int(skipped)
+        self.num_nonfinite_in_row = self.num_nonfinite_in_row + 1 if skipped else 0
+        metrics["rl/nonfinite_total"] = self.num_nonfinite
+        if skipped:
+            print(f"[rl] warning: optimizer step skipped, the gradient norm is {grad_norm} (loss {loss}); "
+                  f"{self.num_nonfinite_in_row} in a row", flush=True)
+        limit = self.cfg.train.max_nonfinite_steps
+        if limit and self.num_nonfinite_in_row >= limit:
+            raise FloatingPointError(
+                f"{self.num_nonfinite_in_row} optimizer steps in a row had a non-finite loss or gradient "
+                f"(train.max_nonfinite_steps={limit}); none was applied. Lower optim.lr, check the data, or "
+                f"resume from the newest checkpoint")
 
     def _reduce_metrics(self, metrics: dict, sums: dict, num_sequences: int) -> int:
         """Sum the losses, the token sums and the sequence count over the learners (in place); the

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from apr.rl.algos import AGGREGATIONS, POLICY_LOSSES, kl_k3
+from apr.rl.algos import AGGREGATIONS, POLICY_LOSSES, kl_k3, log_ratio
 from apr.rl.batch import SequenceBatch, token_logprobs
 from apr.rl.config import LossConfig
 
@@ -22,20 +22,26 @@ def token_advantages(batch: SequenceBatch) -> torch.Tensor:
 
 
 def policy_loss(model, batch: SequenceBatch, cfg: LossConfig, ref_logprobs: torch.Tensor | None = None,
-                denom: float | None = None, autocast=contextlib.nullcontext) -> tuple[torch.Tensor, dict]:
+                denom: float | None = None, autocast=contextlib.nullcontext, temperature: float = 1.0
+                ) -> tuple[torch.Tensor, dict]:
     """Scalar loss to backpropagate, and detached sums over generated tokens (kl, clipped, entropy, tokens).
 
-    `denom`: the whole batch's aggregation denominator when `batch` is one micro-batch of it."""
+    `denom`: the whole batch's aggregation denominator when `batch` is one micro-batch of it.
+    `temperature`: the rollouts' sampling temperature (log-probs of the distribution sampled from)."""
     # Rows are right-padded: under causal attention padding never reaches a real token, so no mask.
     with autocast():
-        logp, entropy = token_logprobs(model, batch.ids, entropy_grad=cfg.entropy_coef > 0)  # (N, T), (N, T)
+        logp, entropy = token_logprobs(model, batch.ids, entropy_grad=cfg.entropy_coef > 0,
+                                       temperature=temperature)  # (N, T), (N, T)
     adv = token_advantages(batch)  # (N, T)
-    per_token, clipped = POLICY_LOSSES[cfg.policy](logp, batch.old_logprobs, adv, clip=cfg.clip)  # (N, T)
-    kl = kl_k3(logp, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(logp)  # (N, T)
+    per_token, clipped = POLICY_LOSSES[cfg.policy](logp, batch.old_logprobs, adv, clip=cfg.clip,
+                                                   mask=batch.mask)  # (N, T)
+    kl = kl_k3(logp, ref_logprobs, batch.mask) if ref_logprobs is not None else torch.zeros_like(logp)  # (N, T)
     per_token = per_token + cfg.kl_coef * kl - cfg.entropy_coef * entropy
+    # masked positions hold anything (a -inf log-prob of a pad token): select, never multiply by 0
+    per_token = torch.where(batch.mask.bool(), per_token, torch.zeros_like(per_token))  # (N, T)
     loss = AGGREGATIONS[cfg.aggregation](per_token, batch.mask, batch.seq_weights, denom)
     m = batch.mask.float()
-    ratio = torch.exp(logp.detach() - batch.old_logprobs)  # (N, T)
+    ratio = torch.exp(log_ratio(logp.detach(), batch.old_logprobs, batch.mask))  # (N, T)
     sums = {"kl": float((kl.detach() * m).sum()), "clipped": float((clipped * m).sum()),
             "entropy": float((entropy.detach() * m).sum()), "tokens": float(m.sum()),
             "ratio_dev": float(((ratio - 1).abs() * m).sum())}

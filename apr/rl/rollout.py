@@ -20,7 +20,8 @@ from pathlib import Path
 from apr.config import from_dict, to_dict
 from apr.rl.config import AlgoConfig, RolloutConfig
 from apr.rl.weights import load_buckets
-from apr.runtime import RuntimeConfig, ThreadTree
+from apr.runtime import Finish, RuntimeConfig, ThreadTree
+from apr.search import child_outcome
 from apr.task import Problem, reward
 
 
@@ -29,7 +30,9 @@ def countdown_reward(problem: Problem, text: str, algo: AlgoConfig) -> float:
     return reward(problem, text, algo.format_bonus)
 
 
-# reward(problem, root text, algo config) -> float, chosen by `algo.reward`
+# reward(problem, text, algo config) -> float, chosen by `algo.reward`. `text` is what the root wrote
+# itself (`ReasoningTree.own_text`: no joined results, no spawn messages); a root that did not end
+# with <eos> scores 0 without calling it unless `algo.require_eos` is false.
 REWARDS = {"countdown": countdown_reward}
 
 
@@ -61,6 +64,8 @@ class Rollout:
     correct: bool
     answer: str | None
     policy_version: int
+    thread_outcomes: list[int] | None = None  # per thread (root 0), for credit=child_outcome
+
 
     @property
     def metrics(self) -> dict:
@@ -139,7 +144,7 @@ class RolloutWorker:
     """An engine loaded from `init`, the runtime, and the Countdown reward."""
 
     def __init__(self, init: str, rollout: RolloutConfig, algo: AlgoConfig, condition: str | None = None,
-                 num_threads: int = 0) -> None:
+                 num_threads: int = 0, reasoner=None) -> None:
         import torch
 
         from apr.api import Reasoner
@@ -150,8 +155,8 @@ class RolloutWorker:
         self.algo = algo
         self.condition = condition
         self.reward_fn = resolve_reward(algo.reward)
-        self.reasoner = Reasoner.from_pretrained(init, engine=rollout.engine, runtime=rollout.runtime,
-                                                 **rollout.engine_options)
+        self.reasoner = reasoner or Reasoner.from_pretrained(init, engine=rollout.engine, runtime=rollout.runtime,
+                                                             **rollout.engine_options)
         self.policy_version = 0
 
     # ---- weights ----------------------------------------------------------------------------------
@@ -175,13 +180,29 @@ class RolloutWorker:
         if die_after_s is not None:
             _die_later(die_after_s)
         limits = {"seed": seed} if temperature is None else {"seed": seed, "temperature": temperature}
-        results = self.reasoner.solve_batch(problems, num_samples=num_samples, condition=self.condition, **limits)
+        results = self.reasoner.solve_batch(problems, num_samples=num_samples, condition=self.condition,
+                                            require_eos=self.algo.require_eos, **limits)
         out = []
         for k, r in enumerate(results):
             i, s = divmod(k, num_samples)
-            text = r.tree.text()
-            score = self.reward_fn(problems[i], text, self.algo)
-            out.append(Rollout(first_index + i, s, r.tree.tree, score, r.correct, r.answer, self.policy_version))
+            counts = r.tree.ended_cleanly or not self.algo.require_eos
+            score = self.reward_fn(problems[i], r.tree.own_text(), self.algo) if counts else 0.0
+            outcomes = self._thread_outcomes(problems[i], r) if self.algo.credit == "child_outcome" else None
+            out.append(Rollout(first_index + i, s, r.tree.tree, score, r.correct, r.answer, self.policy_version,
+                               outcomes))
+        return out
+
+    def _thread_outcomes(self, problem: Problem, result) -> list[int]:
+        """Each child's join checked against its own start state (`apr.search.child_outcome`); root 0."""
+        decode = lambda ids: self.reasoner.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        answer = result.answer if result.correct else None
+        out = []
+        for t in result.tree.threads:
+            if t.parent is None:
+                out.append(0)
+                continue
+            joined = decode(t.join_message or []) if t.finish_reason == Finish.JOIN else None
+            out.append(child_outcome(problem, decode(t.prompt_ids[1:]), joined, answer))
         return out
 
     def runtime_config(self) -> RuntimeConfig:

@@ -19,6 +19,7 @@ and the optimizer steps once per inner step, however many micro-batches the batc
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -66,6 +67,9 @@ class TorchTrainable:
             group.all_reduce_grads([p for p in self.module.parameters() if p.requires_grad])
         params = [p for p in self.module.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(norm):  # never applied: the learner counts it (same norm on every rank)
+            self.opt.zero_grad(set_to_none=True)
+            return float(norm)
         self.opt.step()
         self.sched.step()
         return float(norm)
@@ -143,6 +147,9 @@ class DeepSpeedTrainable:
     def step(self) -> float:
         # ZeRO 1-3 (and bf16) record the norm they clip with; plain stage 0 leaves it to us
         before = _grad_norm(self.module) if self.stage == 0 else float("nan")
+        if self.stage == 0 and not math.isfinite(before):  # never applied: the learner counts it
+            self.module.zero_grad(set_to_none=True)
+            return before
         self.model.step()
         norm = self.model.get_global_grad_norm()
         return float(norm) if norm is not None else before

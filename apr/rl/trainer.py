@@ -56,7 +56,8 @@ class InProcessCluster:
     def __init__(self, cfg: RLConfig) -> None:
         self.cfg = cfg
         self.learner = Learner(cfg)
-        self.ref = RefPolicy(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision) if cfg.uses_ref else None
+        self.ref = RefPolicy(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision,
+                             temperature=cfg.logprob_temperature) if cfg.uses_ref else None
         n = cfg.dist.num_rollout_workers
         self.workers = [RolloutWorker(cfg.init, worker_rollout_config(cfg.rollout, i, n), cfg.algo, cfg.data.condition)
                         for i in range(n)]
@@ -160,8 +161,9 @@ class RLTrainer:
         with timer("advantages", row):
             rewards = [r.reward for r in rollouts]
             groups = [r.problem_index for r in rollouts]
+            outcomes = [r.thread_outcomes for r in rollouts] if cfg.algo.credit == "child_outcome" else None
             batch = sequences_from_trees([r.tree for r in rollouts], rewards, groups, cfg.algo.advantage,
-                                         cfg.algo.credit, **_adv_kwargs(cfg))
+                                         cfg.algo.credit, outcomes=outcomes, **_adv_kwargs(cfg))
         ref = None
         if cfg.uses_ref:
             self.phase = "ref"

@@ -30,7 +30,8 @@ class Runtime:
         self.pid = protocol
         self.cfg = cfg or RuntimeConfig()
         self.child_prefix_ids = list(child_prefix_ids)  # e.g. a condition line before every child message
-        self._inflight: dict[str, tuple[ThreadTree, Thread, int]] = {}  # request id -> (tree, thread, tokens reserved)
+        # request id -> (tree, thread, tokens reserved, whether the budget rather than the window set them)
+        self._inflight: dict[str, tuple[ThreadTree, Thread, int, bool]] = {}
         self._reserved: dict[int, int] = {}  # id(tree) -> generated tokens reserved by in-flight requests
         self._timed_out: set[int] = set()
 
@@ -77,24 +78,24 @@ class Runtime:
         return window, False
 
     def _submit(self, tree: ThreadTree, thread: Thread, prompt_ids: list[int], max_new: int,
-                resume: bool) -> None:
+                resume: bool, by_budget: bool = False) -> None:
         thread.num_requests += 1
         rid = f"p{tree.problem_index}.s{tree.sample_index}.t{thread.index}.r{thread.num_requests}"
         request = Request(rid, prompt_ids, self._params(tree, thread, max_new),
                           resume_id=thread.request_id if resume else None, keep_cache=True)
         thread.request_id = rid
         thread.status = Status.RUNNING
-        self._reserve(tree, rid, thread, max_new)
+        self._reserve(tree, rid, thread, max_new, by_budget)
         self.engine.submit(request)
 
-    def _reserve(self, tree: ThreadTree, rid: str, thread: Thread, max_new: int) -> None:
-        self._inflight[rid] = (tree, thread, max_new)
+    def _reserve(self, tree: ThreadTree, rid: str, thread: Thread, max_new: int, by_budget: bool) -> None:
+        self._inflight[rid] = (tree, thread, max_new, by_budget)
         self._reserved[id(tree)] = self._reserved.get(id(tree), 0) + max_new
 
     def _submit_roots(self, group: list[ThreadTree], prompt: list[int]) -> None:
         """G samples of one prompt: one engine request with n=G, so the prompt is prefilled once."""
         first = group[0]
-        max_new, _ = self._allowance(first, first.root)
+        max_new, by_budget = self._allowance(first, first.root)
         if max_new < 1:
             for tree in group:
                 self._finish(tree, tree.root, Finish.BUDGET)
@@ -105,12 +106,12 @@ class Runtime:
             tree.root.num_requests = 1
             tree.root.request_id = sample_id
             tree.root.status = Status.RUNNING
-            self._reserve(tree, sample_id, tree.root, max_new)
+            self._reserve(tree, sample_id, tree.root, max_new, by_budget)
         self.engine.submit(request)
 
     # ---- completions ------------------------------------------------------------------------------
     def _on_completion(self, c: Completion) -> None:
-        tree, thread, reserved = self._inflight.pop(c.request_id)
+        tree, thread, reserved, by_budget = self._inflight.pop(c.request_id)
         self._reserved[id(tree)] -= reserved
         thread.ids += c.output_ids
         thread.mask += [1] * len(c.output_ids)
@@ -121,8 +122,10 @@ class Runtime:
             reason = Finish.TIMEOUT if id(tree) in self._timed_out else Finish.ABORT
             self._finish(tree, thread, reason)
         elif c.finish_reason == "length" or not c.output_ids:
-            full = thread.num_tokens >= self.cfg.max_thread_tokens
-            self._finish(tree, thread, Finish.WINDOW if full else Finish.BUDGET)
+            # the budget only when it set this request's limit and the request used all of it; anything
+            # else that stops a thread short is a window: ours, or the engine's own (engine.max_seq_len)
+            spent = by_budget and len(c.output_ids) >= reserved and thread.num_tokens < self.cfg.max_thread_tokens
+            self._finish(tree, thread, Finish.BUDGET if spent else Finish.WINDOW)
         elif c.output_ids[-1] == self.pid.spawn_end:
             self._spawn(tree, thread)
         elif c.output_ids[-1] == self.pid.join_end:
@@ -157,7 +160,7 @@ class Runtime:
             if max_new < 1:
                 self._finish(tree, child, Finish.BUDGET if by_budget else Finish.WINDOW, notify=False)
             else:
-                self._submit(tree, child, child.prompt_ids, max_new, resume=False)
+                self._submit(tree, child, child.prompt_ids, max_new, resume=False, by_budget=by_budget)
         self._maybe_resume(tree, thread)
 
     def _finish(self, tree: ThreadTree, thread: Thread, reason: str, message: list[int] | None = None,
@@ -188,7 +191,7 @@ class Runtime:
         max_new, by_budget = self._allowance(tree, parent)
         if max_new < 1:
             return self._finish(tree, parent, Finish.BUDGET if by_budget else Finish.WINDOW)
-        self._submit(tree, parent, block, max_new, resume=True)
+        self._submit(tree, parent, block, max_new, resume=True, by_budget=by_budget)
 
     # ---- limits -----------------------------------------------------------------------------------
     def _check_timeouts(self, trees: list[ThreadTree]) -> None:
@@ -198,7 +201,7 @@ class Runtime:
         for tree in trees:
             if not tree.is_done and id(tree) not in self._timed_out and now - tree.started_s > self.cfg.timeout_s:
                 self._timed_out.add(id(tree))
-                for rid, (t, _, _) in list(self._inflight.items()):
+                for rid, (t, *_) in list(self._inflight.items()):
                     if t is tree:
                         self.engine.abort(rid)
 

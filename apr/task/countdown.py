@@ -23,8 +23,9 @@ from typing import Any
 from apr.config import check, from_dict
 
 ANSWER_PREFIX = "answer "
-# An answer line: at a line start, or right after a special token (`...</result>answer 1+2`).
-_ANSWER_LINE = re.compile(r"(?:^|\n|>)" + re.escape(ANSWER_PREFIX) + r"([^\n]*)")
+# An answer line starts a line. Never right after markup: `<result>answer 1+2` is a child's joined
+# message, not the root's answer (callers pass the root's own text, `ReasoningTree.own_text`).
+_ANSWER_LINE = re.compile(r"(?:^|\n)" + re.escape(ANSWER_PREFIX) + r"([^\n]*)")
 SYMBOLS = ("+", "*", "-", "/")
 
 
@@ -186,15 +187,16 @@ def format_answer(expr: str) -> str:
 def extract_answer(text: Any) -> str | None:
     """The expression of the last `answer ` line, or None.
 
-    An answer line starts at a line start or right after a special token such as
-    `</result>` (the APR root writes its answer straight after the joined results). The
-    expression is cut at its first `<` (special tokens such as `<eos>`) and stripped; a bare
-    `answer ` line gives "" (an answer line exists but is empty).
+    An answer line starts at a line start, never right after markup such as `<result>` (that
+    would be a child's joined message): pass the text a thread wrote itself, e.g.
+    `ReasoningTree.own_text()`, whose spans start on lines of their own. The expression is cut
+    at its first `<` (special tokens such as `<eos>`) and stripped; a bare `answer ` line gives
+    "" (an answer line exists but is empty).
 
         >>> extract_answer("answer 1+2\\nanswer 3*4<eos><pad>")
         '3*4'
-        >>> extract_answer("<spawn>x</spawn><result>1+1=2</result>answer 5-3\\n<eos>")
-        '5-3'
+        >>> extract_answer("<result>answer 1+2</result><eos>") is None
+        True
         >>> extract_answer("no answer here") is None
         True
     """

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES, gae, kl_k3
+from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES, gae, kl_k3, reward_scale
 
 
 def test_grpo_by_hand():
@@ -25,10 +25,20 @@ def test_rloo_by_hand():
 
 
 def test_credit_assignment():
-    threads = [{"is_root": True}, {"is_root": False, "returned": True, "used": True},
-               {"is_root": False, "returned": False}, {"is_root": False, "returned": True, "used": False}]
+    threads = [{"is_root": True, "outcome": 0}, {"is_root": False, "outcome": 1},
+               {"is_root": False, "outcome": -1}, {"is_root": False, "outcome": 0}]
     assert CREDIT["root"](0.7, threads) == [0.7] * 4
     assert CREDIT["child_outcome"](0.7, threads, bonus=0.5) == pytest.approx([0.7, 1.2, 0.2, 0.7])
+    # the bonus is part of the reward before normalisation: scaled like it, and 0 without signal
+    assert CREDIT["child_outcome"](0.7, threads, scale=2.0, bonus=0.5) == pytest.approx([0.7, 1.7, -0.3, 0.7])
+    assert CREDIT["child_outcome"](0.0, threads, scale=0.0, bonus=0.5) == [0.0] * 4
+
+
+def test_reward_scale():
+    rewards, groups = torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1])
+    std = torch.tensor([1.0, 0.0]).std().item()
+    assert reward_scale(rewards, groups, eps=0.0).tolist() == pytest.approx([1 / std, 1 / std, 0.0, 0.0])
+    assert reward_scale(rewards, groups, norm_std=False).tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_gae_matches_hand_computation_and_skips_masked():
