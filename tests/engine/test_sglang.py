@@ -131,8 +131,9 @@ def test_spawn_join_runtime_resumes_through_the_server(tokenizer):
     assert reasoner.engine.stats.num_cached_tokens > 0 and not reasoner.engine._kept
 
 
-def test_logprobs_n_samples_seeds_and_resume(ckpts, server):
-    engine = _engine(server.url)
+def test_logprobs_n_samples_seeds_and_resume(ckpts):
+    server = Standin(str(ckpts[0]), deterministic=True).start()  # SGLang applies seeds only then
+    engine = _engine(server.url, deterministic=True)
     params = SamplingParams(temperature=1.0, max_new_tokens=10, seed=100)
     engine.submit(Request("q", PROMPTS[0], params, n=3, keep_cache=True))
     out = {c.request_id: c for c in engine.run_until_done()}
@@ -153,6 +154,7 @@ def test_logprobs_n_samples_seeds_and_resume(ckpts, server):
     engine.release("q/2")
     assert not engine._kept
     engine.close()
+    server.stop()
 
 
 def test_many_concurrent_requests_share_the_server_and_match_local(ckpts, server):
