@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from apr.engine.base import Request, SamplingParams
+from apr.engine.sglang.client import parse_version
 
 # the API fields of SGLang's SamplingParams (sglang/srt/sampling/sampling_params.py, 0.5.23)
 SAMPLING_KEYS = {"max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k", "min_p",
@@ -89,6 +90,8 @@ class Standin:
                             "tp_size": tp_size, "pp_size": 1, "enable_dp_attention": False,
                             "enable_deterministic_inference": deterministic, "attention_backend": attention_backend}
         self.is_session_open = False  # a weight-update session (begin_weight_update .. end_weight_update)
+        # sessions arrived with SGLang PR #28001 (0.5.14 builds); older servers answer 404 and need none
+        self.has_sessions = not legacy and parse_version(self.version) >= (0, 5, 14)
         self.engine_factory = engine_factory
         self.engine, self.eos_id, self.context_len = engine_factory(model_path)
         self.weight_version = "default"
@@ -165,7 +168,7 @@ class Standin:
                 return 400, {"error": {"message": error}}
             return self._submit(_Job("generate", body))
         if path in ("/begin_weight_update", "/end_weight_update"):
-            return self._session(path) if not self.legacy else (404, {"detail": "Not Found"})
+            return self._session(path) if self.has_sessions else (404, {"detail": "Not Found"})
         if path == "/destroy_weights_update_group":
             return self._destroy_group(body)
         if path == "/abort_request":
@@ -179,7 +182,7 @@ class Standin:
         if path == "/init_weights_update_group":
             return self._join_group(body)
         if path == "/update_weights_from_distributed":
-            if not self.is_session_open and not self.legacy:  # weight_updater.py asserts an open session
+            if not self.is_session_open and self.has_sessions:  # weight_updater.py asserts an open session
                 return 400, {"success": False, "message": "update_weights_from_distributed requires an open "
                                                           "begin_weight_update session"}
             return self._receive(body)

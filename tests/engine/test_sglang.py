@@ -329,6 +329,14 @@ def test_distributed_weight_sync_broadcasts_into_two_server_processes(ckpts, tmp
             assert engine.policy_version == version and run() == want * 2
             assert [engine._client.call("GET", u, "/get_model_info")["weight_version"] for u in urls] == [str(version)] * 2
         assert not any(tmp_path.iterdir())  # nothing went through the disk
+        # every broadcast ran inside a weight-update session (the stand-in refuses it outside one), and
+        # close destroys the group on the servers before here
+        engine._weights.close()
+        for url in urls:
+            paths = [p for p in engine._client.call("GET", url, "/_standin/calls") if "weight" in p]
+            update = ["/begin_weight_update"] + ["/update_weights_from_distributed"] * len(buckets) + \
+                ["/end_weight_update"]
+            assert paths == ["/init_weights_update_group"] + update * 2 + ["/destroy_weights_update_group"]
     finally:
         engine.close()
     assert engine._update_group is None

@@ -30,7 +30,7 @@ def probe_server_logprobs(engine, model_path: str, num_prompt_ids: int = 12, num
 def _probe_one(engine, url: str, model_path: str, num_prompt_ids: int, num_new_tokens: int) -> str:
     vocab = engine.vocab_size or 64
     prompt = [random.Random(f"apr-probe-{i}").randrange(4, vocab) for i in range(num_prompt_ids)]
-    params = SamplingParams(temperature=PROBE_TEMPERATURE, max_new_tokens=num_new_tokens, seed=0)
+    params = SamplingParams(temperature=PROBE_TEMPERATURE, max_new_tokens=num_new_tokens)
     rid = f"apr-logprob-probe-{abs(hash(url)) % 10**8}"
     engine.submit(Request(rid, prompt, params), url=url)
     done = {c.request_id: c for c in engine.run_until_done()}
