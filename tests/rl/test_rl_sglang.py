@@ -121,3 +121,15 @@ def test_rl_with_distributed_weight_sync_matches_the_local_engine(tmp_path, asse
         for k in KEYS:
             assert remote[step][k] == pytest.approx(local[step][k], rel=1e-4, abs=1e-6), (step, k)
     assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
+
+
+def test_rl_refuses_servers_with_raw_logprobs_below_temperature_1(tmp_path, assets):
+    """A server started with SGLANG_RETURN_ORIGINAL_LOGPROB=1 returns log_softmax(logits), the learner scores
+    log_softmax(logits / T): the worker's start-up probe finds out and the run stops before training."""
+    from apr.config import ConfigError
+
+    with Standin(str(assets[0]), return_original_logprob=True) as server:
+        with pytest.raises(ConfigError, match="engine.server_logprobs: .* return raw log-probs .* temperature 0.7"):
+            _rows(tmp_path, assets, **{"rollout.runtime.temperature": 0.7, "rollout.engine": "sglang",
+                                       "rollout.engine_options": {"urls": [server.url]}})
+        assert server.num_generate == 1  # the probe
