@@ -32,6 +32,9 @@ class SamplingParams:
 
     Filters apply in HF order: temperature, then top-k, then top-p. `seed` makes a request
     reproducible whatever else shares the batch; with `n > 1`, sample `i` uses seed `seed + i`.
+    The `local` engine always keeps that promise; `sglang` only with `engine.deterministic=true`
+    (servers started with `--enable-deterministic-inference`, which alone apply `sampling_seed`:
+    other servers ignore it and sampling is not reproducible; the engine warns once).
 
     >>> SamplingParams(temperature=1.0, top_p=0.9, seed=7).seed
     7

@@ -28,14 +28,20 @@ import argparse
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from apr.engine.base import Request, SamplingParams
-from apr.engine.sglang.client import parse_version
+if __package__ in (None, ""):  # run as a script (a launched server): make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from apr.engine.base import Request, SamplingParams  # noqa: E402
+from apr.engine.sglang.client import parse_version  # noqa: E402
+from tests.engine._standin_weights import StandinWeights  # noqa: E402
 
 # the API fields of SGLang's SamplingParams (sglang/srt/sampling/sampling_params.py, 0.5.23)
 SAMPLING_KEYS = {"max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k", "min_p",
@@ -71,7 +77,7 @@ class _Job:
     started_s: float = field(default_factory=time.perf_counter)
 
 
-class Standin:
+class Standin(StandinWeights):
     """The HTTP server and its engine loop. `engine_factory(model_path) -> (engine, eos_id, context_len)`."""
 
     def __init__(self, model_path: str, host: str = "127.0.0.1", port: int = 0, engine_factory=load_local_engine,
@@ -188,54 +194,12 @@ class Standin:
             return self._receive(body)
         return 404, {"detail": "Not Found"}
 
-    def _session(self, path: str) -> tuple[int, dict]:
-        if (path == "/begin_weight_update") == self.is_session_open:
-            message = ("begin_weight_update called while a weight-update session is already open"
-                       if self.is_session_open else "end_weight_update called without begin_weight_update")
-            return 400, {"success": False, "message": message}
-        self.is_session_open = path == "/begin_weight_update"
-        return 200, {"success": True, "message": "Success"}
-
-    def _destroy_group(self, body: dict) -> tuple[int, dict]:
-        import torch.distributed as dist
-
-        group = self._groups.pop(body.get("group_name", "weight_update_group"), None)
-        if group is None:
-            return 400, {"success": False, "message": "The group to be destroyed does not exist."}
-        dist.destroy_process_group(group)
-        return 200, {"success": True, "message": "Succeeded to destroy custom process group."}
-
-    def _join_group(self, body: dict) -> tuple[int, dict]:
-        """Join the client's weight-sync group as rank `rank_offset` (this stand-in is one tp rank);
-        blocks until every member joined, as SGLang's does."""
-        from apr.engine.sglang.weights import new_update_group
-
-        try:
-            self._groups[body["group_name"]] = new_update_group(
-                body.get("backend", "nccl"), body["master_address"], int(body["master_port"]),
-                int(body["world_size"]), int(body["rank_offset"]), body["group_name"], 60.0)
-        except Exception as e:
-            return 400, {"success": False, "message": f"Failed to initialize custom process group: {e}."}
-        return 200, {"success": True, "message": "Succeeded to initialize custom process group."}
-
-    def _receive(self, body: dict) -> tuple[int, dict | None]:
-        """Receive the announced tensors from rank 0, then load them between engine steps."""
-        import torch
-        import torch.distributed as dist
-
-        group = self._groups.get(body.get("group_name"))
-        if group is None:
-            return 400, {"success": False, "message": f"Group {body.get('group_name')} not in update groups."}
-        tensors = {}
-        for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"]):
-            t = torch.empty(shape, dtype=getattr(torch, dtype))
-            dist.broadcast(t, src=0, group=group)
-            tensors[name] = t
-        return self._submit(_Job("tensors", {**body, "tensors": tensors}))
-
     def model_info(self) -> dict:
         return {"model_path": self.model_path, "tokenizer_path": None, "is_generation": True,
                 "weight_version": self.weight_version}
+
+    def _submit_kind(self, kind: str, body: dict) -> tuple[int, dict | str | None]:
+        return self._submit(_Job(kind, body))
 
     def _submit(self, job: _Job) -> tuple[int, dict | str | None]:
         self._inbox.put(job)
@@ -377,17 +341,6 @@ class Standin:
         held, self._deferred = self._deferred, []
         for j in held:
             self._dispatch(j)
-
-    def _load_tensors(self, tensors: dict) -> None:
-        import torch
-
-        params = dict(self.engine.model.named_parameters(remove_duplicate=False))  # tied names too
-        unknown = sorted(set(tensors) - set(params))
-        if unknown:
-            raise ValueError(f"unknown parameter names {unknown[:3]}")
-        with torch.no_grad():
-            for name, t in tensors.items():
-                params[name].copy_(t)
 
     @staticmethod
     def _reply(job: _Job, status: int, answer) -> None:
