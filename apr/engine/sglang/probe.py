@@ -19,7 +19,10 @@ PROBE_TOLERANCE = 0.05  # max |server - local| per token: bf16 GPU servers vs th
 
 
 def probe_server_logprobs(engine, model_path: str, num_prompt_ids: int = 12, num_new_tokens: int = 8) -> str:
-    """"tempered" or "original": which local recomputation the server's log-probs match on every server."""
+    """"tempered" or "original": which local recomputation the server's log-probs match on every server.
+    Call it on an idle engine (at start): it runs the engine until done."""
+    if engine.has_work():
+        raise RuntimeError("probe_server_logprobs needs an idle engine (it collects every completion)")
     modes = {url: _probe_one(engine, url, model_path, num_prompt_ids, num_new_tokens) for url in engine.config.urls}
     if len(set(modes.values())) > 1:
         raise SGLangError(f"the servers disagree on their log-probs: {modes}; start them all alike "
