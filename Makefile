@@ -1,5 +1,7 @@
 # make quickstart  - create .venv, install, run the pipeline end to end at toy scale
 # make test        - create/install if needed, run the tests
+# make sglang-check MODEL=runs/sft/apr/final [DATA=data/countdown_n4] [ARGS='--num-problems 64']
+#                  - on a CUDA machine with `pip install sglang`: SGLang vs the local engine, weight sync, restart
 # make eval MODEL=runs/sft/apr/final [NAME=apr] [DATA=data/countdown_n4] [OUT=runs/eval/apr] [ARGS='eval.cons_pass_n=0']
 #                  - evaluate one checkpoint (accuracy vs window/tokens/latency, JSON + PNG + markdown; resumable)
 PY ?= python3
@@ -11,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 # torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart eval test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-paper
+.PHONY: install quickstart eval sglang-check test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-paper
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -92,6 +94,12 @@ OUT = runs/eval/$(NAME)
 eval: $(STAMP)
 	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=<checkpoint dir> [NAME=apr|sosp|...] [DATA=dir] [OUT=dir] [ARGS=...]"; exit 2; }
 	$(BIN)/python -m apr.cli.eval models.sosp=null models.apr=null '++models.$(NAME)=$(MODEL)' data_dir=$(DATA) out_dir=$(OUT) $(ARGS)
+
+# The real-server check of the sglang engine (launch/sglang_check.py says what it runs and costs); it exits 2
+# at once without CUDA or the sglang package, 1 naming the step on any mismatch.
+sglang-check: $(STAMP)
+	@test -n "$(MODEL)" || { echo "usage: make sglang-check MODEL=<checkpoint dir> [DATA=dir] [ARGS=...]"; exit 2; }
+	$(BIN)/python launch/sglang_check.py --model $(MODEL) --data $(DATA) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

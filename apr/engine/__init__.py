@@ -8,7 +8,7 @@ Module map (each owns one thing):
 - `kv_cache`: the preallocated KV pool (one slot per live sequence)
 - `llama`: functional Llama forward over the HF model's weights and the pool
 - `sampler`: batch-invariant greedy / temperature / top-k / top-p sampling
-- `sglang`: SGLangEngine + SGLangEngineConfig over SGLang servers' HTTP API; launch_server
+- `sglang`: SGLangEngine + SGLangEngineConfig over SGLang servers' HTTP API; launch_server (a package: its own module map)
 - `scripted`: a model-free engine (next token from a function) for runtime tests
 
 `import apr.engine` stays light: torch loads when `LocalEngine` is first used, requests when

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from apr.config import check
+from apr.config import ConfigError, check
 
 
 class FinishReason:
@@ -32,6 +32,9 @@ class SamplingParams:
 
     Filters apply in HF order: temperature, then top-k, then top-p. `seed` makes a request
     reproducible whatever else shares the batch; with `n > 1`, sample `i` uses seed `seed + i`.
+    The `local` engine always keeps that promise; `sglang` only with `engine.deterministic=true`
+    (servers started with `--enable-deterministic-inference`, which alone apply `sampling_seed`:
+    other servers ignore it and sampling is not reproducible; the engine warns once).
 
     >>> SamplingParams(temperature=1.0, top_p=0.9, seed=7).seed
     7
@@ -125,10 +128,13 @@ class Request:
 class Completion:
     """A finished request.
 
-    `logprobs[i]` is the log-probability of `output_ids[i]` under the distribution it was sampled
-    from: `log_softmax(logits / temperature)` (greedy: `log_softmax(logits)`), before any top-k /
-    top-p truncation; this is what an RL learner recomputes with a full forward at the same
-    temperature (`apr.rl.batch.token_logprobs`), and what SGLang returns by default.
+    `logprobs[i]` is the log-probability of `output_ids[i]` under the distribution the token was
+    sampled from, before any top-k / top-p filtering: `log_softmax(logits / temperature)` for
+    temperature > 0, plain `log_softmax(logits)` for temperature 0 (greedy). This is what a
+    learner recomputes with a full forward at the rollout temperature (as verl does). It is
+    also SGLang's default (`sglang/srt/layers/sampler.py`: log-probs after temperature, before
+    top-k / top-p; a server started with `SGLANG_RETURN_ORIGINAL_LOGPROB=1` returns raw ones
+    instead, which `apr.engine.sglang` detects or refuses, see `engine.server_logprobs`).
     """
 
     request_id: str
@@ -168,6 +174,31 @@ class EngineStats:
     def reset(self) -> None:
         for name, value in EngineStats().__dict__.items():
             setattr(self, name, value)
+
+
+def validate_request(request: Request, active_ids, kept_ids, vocab_size: int | None = None) -> None:
+    """The checks every engine makes in `submit`, before it touches any state (errors name the field).
+
+    `active_ids`: ids of queued and running requests; `kept_ids`: ids of finished requests kept
+    for a `resume_id` (any container supporting `in`); `vocab_size`: None when unknown.
+
+    >>> validate_request(Request("a", [1, 2]), active_ids={"a"}, kept_ids={})
+    Traceback (most recent call last):
+    ...
+    apr.config.ConfigError: request.request_id: got 'a'; accepted: an id not used by a queued, running or kept request
+    """
+    if not isinstance(request, Request):
+        raise ConfigError(f"request: got {type(request).__name__}; accepted: an apr.engine.Request")
+    for sample_id in request.sample_ids():
+        is_kept = sample_id in kept_ids and sample_id != request.resume_id
+        check(sample_id not in active_ids and not is_kept, "request.request_id", sample_id,
+              "an id not used by a queued, running or kept request")
+    if request.resume_id is not None:
+        check(request.resume_id in kept_ids, "request.resume_id", request.resume_id,
+              "the id of a finished request that had keep_cache=True and was not released")
+    if vocab_size is not None:
+        bad = [i for i in request.prompt_ids if i >= vocab_size]
+        check(not bad, "request.prompt_ids", bad[:5], f"token ids below the vocabulary size {vocab_size}")
 
 
 class Engine(Protocol):

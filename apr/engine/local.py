@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from apr.config import ConfigError, check, fail
-from apr.engine.base import Completion, EngineStats, FinishReason, Request
+from apr.config import check, fail
+from apr.engine.base import Completion, EngineStats, FinishReason, Request, validate_request
 from apr.engine.kv_cache import KVCache
 from apr.engine.llama import ForwardBatch, LlamaRunner
 from apr.engine.sampler import sample
@@ -202,17 +202,7 @@ class LocalEngine:
     # ---- internals -------------------------------------------------------------------------
 
     def _validate(self, request: Request) -> None:
-        if not isinstance(request, Request):
-            raise ConfigError(f"request: got {type(request).__name__}; accepted: an apr.engine.Request")
-        for seq_id in request.sample_ids():
-            is_kept = seq_id in self.scheduler.suspended and seq_id != request.resume_id
-            check(seq_id not in self._active and not is_kept, "request.request_id", seq_id,
-                  "an id not used by a queued, running or kept request")
-        if request.resume_id is not None:
-            check(request.resume_id in self.scheduler.suspended, "request.resume_id", request.resume_id,
-                  "the id of a finished request that had keep_cache=True and was not released")
-        bad = [i for i in request.prompt_ids if i >= self.vocab_size]
-        check(not bad, "request.prompt_ids", bad[:5], f"token ids below the vocabulary size {self.vocab_size}")
+        validate_request(request, self._active, self.scheduler.suspended, self.vocab_size)
         check(request.n <= min(self.config.max_batch_size, self.config.num_slots), "request.n", request.n,
               "at most engine.max_batch_size and engine.num_slots")
 

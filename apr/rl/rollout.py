@@ -157,6 +157,9 @@ class RolloutWorker:
         self.reward_fn = resolve_reward(algo.reward)
         self.reasoner = reasoner or Reasoner.from_pretrained(init, engine=rollout.engine, runtime=rollout.runtime,
                                                              **rollout.engine_options)
+        check_logprobs = getattr(self.reasoner.engine, "check_logprobs", None)
+        if check_logprobs is not None:  # a server's log-probs must be those the learner recomputes
+            check_logprobs(rollout.runtime.temperature)
         self.policy_version = 0
 
     # ---- weights ----------------------------------------------------------------------------------

@@ -1,14 +1,24 @@
 """A stand-in for a stock SGLang server's native HTTP API, over apr's own engines (a test fixture).
 
 SGLang cannot run on these CPU machines; this server speaks the part of its contract that
-`apr.engine.sglang` uses (FACTS.md, "SGLang's native HTTP API"), with the shapes SGLang uses:
-`/generate` (one request, `input_ids` only), `/health`, `/get_model_info`, `/flush_cache`,
-`/abort_request`, `/update_weights_from_disk`, `/init_weights_update_group`,
-`/update_weights_from_distributed`. One engine-loop thread owns the engine: concurrent HTTP
-requests are batched into the same forward passes. A radix cache is imitated by resuming the
-engine's kept sequence whose ids are the longest prefix of a new request's `input_ids`.
+`apr.engine.sglang` uses, as strictly as SGLang 0.5.23 (docs/sglang.md lists every endpoint and
+field with the SGLang source file that defines it): `/generate` (one request, `input_ids` only;
+unknown `sampling_params` keys answer HTTP 500 as SGLang's `SamplingParams(**...)` TypeError does),
+`/health`, `/server_info` and `/get_server_info` (server args + `version`), `/get_model_info`,
+`/flush_cache`, `/abort_request`, `/update_weights_from_disk`, `/begin_weight_update`,
+`/end_weight_update`, `/init_weights_update_group`, `/update_weights_from_distributed` (refused
+outside a weight-update session, without joining the broadcast), `/destroy_weights_update_group`.
+As SGLang: `sampling_seed` is applied only when started deterministic (then a request without one
+gets 42); log-probs are `log_softmax(logits / T)` unless SGLANG_RETURN_ORIGINAL_LOGPROB (or
+RETURN_ORIGINAL_LOGPROB) is set in its environment; with an API key every route but /health
+answers 401 without `Authorization: Bearer <key>`. `legacy=True` mimics SGLang 0.4.9.post6: no
+/server_info, no sessions, no `sampling_seed`. GET `/_standin/calls` (not SGLang's) lists the POSTs.
 
-    python tests/engine/sglang_standin.py --model-path runs/sft/x/final --port 30000
+One engine-loop thread owns the engine: concurrent HTTP requests are batched into the same
+forward passes. A radix cache is imitated by resuming the engine's kept sequence whose ids are
+the longest prefix of a new request's `input_ids`.
+
+    python tests/engine/sglang_standin.py --model-path runs/sft/x/final --port 30000 [--enable-deterministic-inference]
     # in tests: with Standin(model_path) as server: ... server.url ...  (port 0 = any free port)
 """
 
@@ -16,14 +26,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from apr.engine.base import Request, SamplingParams
+if __package__ in (None, ""):  # run as a script (a launched server): make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from apr.engine.base import Request, SamplingParams  # noqa: E402
+from apr.engine.sglang.client import parse_version  # noqa: E402
+from tests.engine._standin_weights import StandinWeights  # noqa: E402
+
+# the API fields of SGLang's SamplingParams (sglang/srt/sampling/sampling_params.py, 0.5.23)
+SAMPLING_KEYS = {"max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k", "min_p",
+                 "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens", "n", "json_schema",
+                 "regex", "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens",
+                 "spaces_between_special_tokens", "no_stop_trim", "custom_params", "stream_interval", "logit_bias",
+                 "sampling_seed"}
+LEGACY_VERSION = "0.4.9.post6"
 
 
 def load_local_engine(model_path: str):
@@ -51,12 +77,27 @@ class _Job:
     started_s: float = field(default_factory=time.perf_counter)
 
 
-class Standin:
+class Standin(StandinWeights):
     """The HTTP server and its engine loop. `engine_factory(model_path) -> (engine, eos_id, context_len)`."""
 
     def __init__(self, model_path: str, host: str = "127.0.0.1", port: int = 0, engine_factory=load_local_engine,
-                 step_sleep_s: float = 0.0, max_kept: int = 64) -> None:
+                 step_sleep_s: float = 0.0, max_kept: int = 64, deterministic: bool = False, version: str = "0.5.23",
+                 api_key: str | None = None, legacy: bool = False, return_original_logprob: bool | None = None,
+                 dp_size: int = 1, tp_size: int = 1, attention_backend: str | None = None) -> None:
         self.model_path = model_path
+        self.legacy = legacy
+        self.version = LEGACY_VERSION if legacy else version
+        self.api_key = api_key
+        if return_original_logprob is None:  # SGLang reads it from its environment
+            return_original_logprob = any(os.environ.get(k, "").lower() in ("1", "true")
+                                          for k in ("SGLANG_RETURN_ORIGINAL_LOGPROB", "RETURN_ORIGINAL_LOGPROB"))
+        self.return_original_logprob = return_original_logprob
+        self.server_args = {"model_path": model_path, "skip_tokenizer_init": True, "dp_size": dp_size,
+                            "tp_size": tp_size, "pp_size": 1, "enable_dp_attention": False,
+                            "enable_deterministic_inference": deterministic, "attention_backend": attention_backend}
+        self.is_session_open = False  # a weight-update session (begin_weight_update .. end_weight_update)
+        # sessions arrived with SGLang PR #28001 (0.5.14 builds); older servers answer 404 and need none
+        self.has_sessions = not legacy and parse_version(self.version) >= (0, 5, 14)
         self.engine_factory = engine_factory
         self.engine, self.eos_id, self.context_len = engine_factory(model_path)
         self.weight_version = "default"
@@ -110,59 +151,55 @@ class Standin:
         self.stop()
 
     # ---- called from HTTP handler threads ---------------------------------------------------
+    def is_authorized(self, path: str, headers) -> bool:
+        """SGLang's add_api_key_middleware: /health* and /metrics are open, the rest need the Bearer key."""
+        return (self.api_key is None or path.startswith(("/health", "/metrics"))
+                or headers.get("Authorization") == f"Bearer {self.api_key}")
+
+    def info(self) -> dict:
+        """GET /server_info: the server args, the scheduler's info and the version."""
+        return {**self.server_args, "max_req_input_len": self.context_len - 1, "version": self.version}
+
     def handle(self, path: str, body: dict) -> tuple[int, dict | str | None]:
         self.calls.append((path, body))
         if path == "/generate":
             if self._fail:
                 self.num_failed += 1
                 return self._fail.pop(0), {"error": {"message": "injected failure"}}
+            known = SAMPLING_KEYS - ({"sampling_seed"} if self.legacy else set())  # sampling_seed: 0.5.3 on
+            if set(body.get("sampling_params") or {}) - known:  # SamplingParams(**sampling_params) raises TypeError: FastAPI's plain 500
+                return 500, "Internal Server Error"
             error = self._check_generate(body)
             if error:
                 return 400, {"error": {"message": error}}
             return self._submit(_Job("generate", body))
+        if path in ("/begin_weight_update", "/end_weight_update"):
+            return self._session(path) if self.has_sessions else (404, {"detail": "Not Found"})
+        if path == "/destroy_weights_update_group":
+            return self._destroy_group(body)
         if path == "/abort_request":
             return self._submit(_Job("abort", body))
         if path == "/flush_cache":
             return self._submit(_Job("flush", body))
         if path == "/update_weights_from_disk":
             return self._submit(_Job("reload", body))
+        if path in ("/init_weights_update_group", "/update_weights_from_distributed") and self.server_args["dp_size"] > 1:
+            return 500, "Internal Server Error"  # the tokenizer manager asserts dp_size == 1
         if path == "/init_weights_update_group":
             return self._join_group(body)
         if path == "/update_weights_from_distributed":
+            if not self.is_session_open and self.has_sessions:  # weight_updater.py asserts an open session
+                return 400, {"success": False, "message": "update_weights_from_distributed requires an open "
+                                                          "begin_weight_update session"}
             return self._receive(body)
         return 404, {"detail": "Not Found"}
-
-    def _join_group(self, body: dict) -> tuple[int, dict]:
-        """Join the client's weight-sync group as rank `rank_offset` (this stand-in is one tp rank);
-        blocks until every member joined, as SGLang's does."""
-        from apr.engine.sglang import new_update_group
-
-        try:
-            self._groups[body["group_name"]] = new_update_group(
-                body.get("backend", "nccl"), body["master_address"], int(body["master_port"]),
-                int(body["world_size"]), int(body["rank_offset"]), body["group_name"], 60.0)
-        except Exception as e:
-            return 400, {"success": False, "message": f"Failed to initialize custom process group: {e}."}
-        return 200, {"success": True, "message": "Succeeded to initialize custom process group."}
-
-    def _receive(self, body: dict) -> tuple[int, dict | None]:
-        """Receive the announced tensors from rank 0, then load them between engine steps."""
-        import torch
-        import torch.distributed as dist
-
-        group = self._groups.get(body.get("group_name"))
-        if group is None:
-            return 400, {"success": False, "message": f"Group {body.get('group_name')} not in update groups."}
-        tensors = {}
-        for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"]):
-            t = torch.empty(shape, dtype=getattr(torch, dtype))
-            dist.broadcast(t, src=0, group=group)
-            tensors[name] = t
-        return self._submit(_Job("tensors", {**body, "tensors": tensors}))
 
     def model_info(self) -> dict:
         return {"model_path": self.model_path, "tokenizer_path": None, "is_generation": True,
                 "weight_version": self.weight_version}
+
+    def _submit_kind(self, kind: str, body: dict) -> tuple[int, dict | str | None]:
+        return self._submit(_Job(kind, body))
 
     def _submit(self, job: _Job) -> tuple[int, dict | str | None]:
         self._inbox.put(job)
@@ -222,9 +259,11 @@ class Standin:
         sp = job.body.get("sampling_params", {})
         stops = tuple(sp.get("stop_token_ids") or ()) + (() if self.eos_id is None else (self.eos_id,))
         top_k = sp.get("top_k", -1)
+        # sampling_batch_info.py: the seed tensor exists only under --enable-deterministic-inference (default 42)
+        seed = sp.get("sampling_seed") if sp.get("sampling_seed") is not None else 42
         params = SamplingParams(float(sp.get("temperature", 1.0)), float(sp.get("top_p", 1.0)),
                                 -1 if top_k in (0, -1) else top_k, sp.get("max_new_tokens", 128), stops,
-                                sp.get("sampling_seed"))
+                                seed if self.server_args["enable_deterministic_inference"] else None)
         self._num_ids += 1
         job.internal_id = iid = f"q{self._num_ids}"
         prefix = max((k for k in self._kept if len(k) <= len(ids) and tuple(ids[:len(k)]) == k), key=len, default=None)
@@ -246,12 +285,31 @@ class Standin:
         else:
             reason = {"type": "length", "length": len(c.output_ids)}
             self._keep(ids + c.output_ids, c.request_id)
+        logprobs = self._logprobs(ids, c.output_ids, job.body.get("sampling_params", {})) or c.logprobs
         meta = {"id": job.body.get("rid", job.internal_id), "finish_reason": reason, "prompt_tokens": len(ids),
                 "completion_tokens": len(c.output_ids), "cached_tokens": c.num_cached_tokens,
-                "output_token_logprobs": [[lp, t, None] for lp, t in zip(c.logprobs, c.output_ids)],
+                "output_token_logprobs": [[lp, t, None] for lp, t in zip(logprobs, c.output_ids)],
                 "e2e_latency": time.perf_counter() - job.started_s, "weight_version": self.weight_version}
         self.num_generate += 1
         self._reply(job, 200, {"text": "", "output_ids": c.output_ids, "meta_info": meta})
+
+    def _logprobs(self, ids: list[int], out: list[int], sp: dict) -> list[float] | None:
+        """SGLang's sampler.py: log_softmax(logits / T) (T < 1e-6 counts as 1, greedy), or the raw
+        log_softmax(logits) with SGLANG_RETURN_ORIGINAL_LOGPROB; recomputed with a full forward so that
+        the answer does not depend on the local engine's own convention. None: a model-free engine."""
+        import torch
+
+        model = getattr(self.engine, "model", None)
+        if model is None or not out:
+            return None
+        temperature = float(sp.get("temperature", 1.0))
+        if temperature < 1e-6 or self.return_original_logprob:
+            temperature = 1.0
+        x = torch.tensor([ids + out[:-1]], device=next(model.parameters()).device)  # (1, T)
+        with torch.no_grad():
+            logits = model(x).logits[0, len(ids) - 1:].float()  # (K, V)
+        target = torch.tensor(out, device=logits.device).unsqueeze(1)  # (K, 1)
+        return torch.log_softmax(logits / temperature, -1).gather(1, target).squeeze(1).tolist()
 
     def _keep(self, full_ids: list[int], iid: str) -> None:
         self._kept[tuple(full_ids)] = iid
@@ -284,17 +342,6 @@ class Standin:
         for j in held:
             self._dispatch(j)
 
-    def _load_tensors(self, tensors: dict) -> None:
-        import torch
-
-        params = dict(self.engine.model.named_parameters(remove_duplicate=False))  # tied names too
-        unknown = sorted(set(tensors) - set(params))
-        if unknown:
-            raise ValueError(f"unknown parameter names {unknown[:3]}")
-        with torch.no_grad():
-            for name, t in tensors.items():
-                params[name].copy_(t)
-
     @staticmethod
     def _reply(job: _Job, status: int, answer) -> None:
         job.status, job.answer = status, answer
@@ -316,15 +363,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         standin = self.server.standin
+        if not standin.is_authorized(self.path, self.headers):
+            return self._send(401, {"error": "Unauthorized"})
         if self.path == "/health":
             self._send(200, "")
         elif self.path == "/get_model_info":
             self._send(200, standin.model_info())
+        elif self.path in ("/server_info", "/get_server_info") and not (standin.legacy and self.path == "/server_info"):
+            self._send(200, standin.info())
+        elif self.path == "/_standin/calls":
+            self._send(200, [path for path, _ in standin.calls])
         else:
             self._send(404, {"detail": "Not Found"})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
+        if not self.server.standin.is_authorized(self.path, self.headers):
+            self.rfile.read(length)
+            return self._send(401, {"error": "Unauthorized"})
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except json.JSONDecodeError as e:
@@ -349,11 +405,16 @@ def main() -> None:
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=30000)
-    args, _ = parser.parse_known_args()  # SGLang's other options (--skip-tokenizer-init, --tp-size, ...) are ignored
+    parser.add_argument("--enable-deterministic-inference", action="store_true")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--attention-backend", default=None)
+    parser.add_argument("--dp-size", type=int, default=1)
+    args, _ = parser.parse_known_args()  # SGLang's other options (--skip-tokenizer-init, ...) are ignored
     import torch
 
     torch.set_num_threads(1)
-    server = Standin(args.model_path, args.host, args.port).start()
+    server = Standin(args.model_path, args.host, args.port, deterministic=args.enable_deterministic_inference,
+                     api_key=args.api_key, attention_backend=args.attention_backend, dp_size=args.dp_size).start()
     print(f"stand-in SGLang server on {server.url}", flush=True)
     try:
         server._threads[0].join()

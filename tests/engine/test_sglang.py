@@ -131,8 +131,9 @@ def test_spawn_join_runtime_resumes_through_the_server(tokenizer):
     assert reasoner.engine.stats.num_cached_tokens > 0 and not reasoner.engine._kept
 
 
-def test_logprobs_n_samples_seeds_and_resume(ckpts, server):
-    engine = _engine(server.url)
+def test_logprobs_n_samples_seeds_and_resume(ckpts):
+    server = Standin(str(ckpts[0]), deterministic=True).start()  # SGLang applies seeds only then
+    engine = _engine(server.url, deterministic=True)
     params = SamplingParams(temperature=1.0, max_new_tokens=10, seed=100)
     engine.submit(Request("q", PROMPTS[0], params, n=3, keep_cache=True))
     out = {c.request_id: c for c in engine.run_until_done()}
@@ -153,6 +154,7 @@ def test_logprobs_n_samples_seeds_and_resume(ckpts, server):
     engine.release("q/2")
     assert not engine._kept
     engine.close()
+    server.stop()
 
 
 def test_many_concurrent_requests_share_the_server_and_match_local(ckpts, server):
@@ -327,6 +329,14 @@ def test_distributed_weight_sync_broadcasts_into_two_server_processes(ckpts, tmp
             assert engine.policy_version == version and run() == want * 2
             assert [engine._client.call("GET", u, "/get_model_info")["weight_version"] for u in urls] == [str(version)] * 2
         assert not any(tmp_path.iterdir())  # nothing went through the disk
+        # every broadcast ran inside a weight-update session (the stand-in refuses it outside one), and
+        # close destroys the group on the servers before here
+        engine._weights.close()
+        for url in urls:
+            paths = [p for p in engine._client.call("GET", url, "/_standin/calls") if "weight" in p]
+            update = ["/begin_weight_update"] + ["/update_weights_from_distributed"] * len(buckets) + \
+                ["/end_weight_update"]
+            assert paths == ["/init_weights_update_group"] + update * 2 + ["/destroy_weights_update_group"]
     finally:
         engine.close()
     assert engine._update_group is None

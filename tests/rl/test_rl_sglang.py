@@ -32,10 +32,10 @@ def _rows(tmp, assets, **over):
 
 def test_rl_on_sglang_matches_the_local_engine(tmp_path, assets):
     local = _rows(tmp_path / "local", assets)
-    with Standin(str(assets[0])) as server:
+    with Standin(str(assets[0]), deterministic=True) as server:
         remote = _rows(tmp_path / "sglang", assets, **{
             "rollout.engine": "sglang",
-            "rollout.engine_options": {"urls": [server.url], "weights_dir": str(tmp_path / "weights")}})
+            "rollout.engine_options": {"urls": [server.url], "deterministic": True, "weights_dir": str(tmp_path / "weights")}})
     assert sorted(remote) == [1, 2]
     for step in (1, 2):  # step 2 samples with the weights pushed to the server after step 1
         for k in KEYS:
@@ -55,7 +55,7 @@ def test_rl_survives_a_server_restart_between_steps(tmp_path, assets):
     step pushes the learner's weights to the new server, so the run goes on exactly as before."""
     local = _rows(tmp_path / "local", assets)
     port = _free_port()
-    servers = [Standin(str(assets[0]), port=port).start()]
+    servers = [Standin(str(assets[0]), port=port, deterministic=True).start()]
     real_sync = InProcessCluster.sync_weights
     calls = {"n": 0}
 
@@ -63,14 +63,14 @@ def test_rl_survives_a_server_restart_between_steps(tmp_path, assets):
         calls["n"] += 1
         if calls["n"] == 2:  # the sync that follows step 1's update
             servers[-1].stop()
-            servers.append(Standin(str(assets[0]), port=port).start())
+            servers.append(Standin(str(assets[0]), port=port, deterministic=True).start())
         return real_sync(self)
 
     try:
         InProcessCluster.sync_weights = sync_after_a_restart
         remote = _rows(tmp_path / "sglang", assets, **{
             "rollout.engine": "sglang",
-            "rollout.engine_options": {"urls": [servers[0].url], "weights_dir": str(tmp_path / "weights"),
+            "rollout.engine_options": {"urls": [servers[0].url], "deterministic": True, "weights_dir": str(tmp_path / "weights"),
                                        "max_retries": 5, "backoff_s": 0.1}})
     finally:
         InProcessCluster.sync_weights = real_sync
@@ -96,10 +96,10 @@ def test_each_rollout_worker_drives_its_own_servers(tmp_path, assets):
         rl_config(tmp_path, *assets, **{"rollout.engine": "sglang", "dist.num_rollout_workers": 2,
                                         "rollout.engine_options": {"urls": ["http://127.0.0.1:1"]}})
     local = _rows(tmp_path / "local", assets, **{"dist.num_rollout_workers": 2})
-    with Standin(str(assets[0])) as a, Standin(str(assets[0])) as b:
+    with Standin(str(assets[0]), deterministic=True) as a, Standin(str(assets[0]), deterministic=True) as b:
         remote = _rows(tmp_path / "sglang", assets, **{
             "dist.num_rollout_workers": 2, "rollout.engine": "sglang",
-            "rollout.engine_options": {"urls": [a.url, b.url], "weights_dir": str(tmp_path / "weights")}})
+            "rollout.engine_options": {"urls": [a.url, b.url], "deterministic": True, "weights_dir": str(tmp_path / "weights")}})
         assert a.num_generate > 0 and b.num_generate > 0
     for k in KEYS:
         assert remote[2][k] == pytest.approx(local[2][k], rel=1e-4, abs=1e-6), k
@@ -113,7 +113,7 @@ def test_rl_with_distributed_weight_sync_matches_the_local_engine(tmp_path, asse
     remote = _rows(tmp_path / "sglang", assets, **{
         "rollout.engine": "sglang",
         "rollout.engine_options": {"urls": [f"http://127.0.0.1:{_free_port()}"], "launch": True,
-                                   "launch_command": [sys.executable, str(standin)], "launch_timeout_s": 120,
+                                   "launch_command": [sys.executable, str(standin)], "launch_timeout_s": 120, "deterministic": True,
                                    "weight_sync": "distributed", "weight_sync_backend": "gloo",
                                    "weights_dir": str(tmp_path / "weights")}})
     assert sorted(remote) == [1, 2]
@@ -121,3 +121,15 @@ def test_rl_with_distributed_weight_sync_matches_the_local_engine(tmp_path, asse
         for k in KEYS:
             assert remote[step][k] == pytest.approx(local[step][k], rel=1e-4, abs=1e-6), (step, k)
     assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
+
+
+def test_rl_refuses_servers_with_raw_logprobs_below_temperature_1(tmp_path, assets):
+    """A server started with SGLANG_RETURN_ORIGINAL_LOGPROB=1 returns log_softmax(logits), the learner scores
+    log_softmax(logits / T): the worker's start-up probe finds out and the run stops before training."""
+    from apr.config import ConfigError
+
+    with Standin(str(assets[0]), return_original_logprob=True) as server:
+        with pytest.raises(ConfigError, match="engine.server_logprobs: .* return raw log-probs .* temperature 0.7"):
+            _rows(tmp_path, assets, **{"rollout.runtime.temperature": 0.7, "rollout.engine": "sglang",
+                                       "rollout.engine_options": {"urls": [server.url]}})
+        assert server.num_generate == 1  # the probe
