@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from apr.config import ConfigError
+
+
+def config_dir() -> str:
+    """The Hydra configs: `apr/conf/` in an installed wheel (setup.py ships the checkout's top-level
+    `conf/` there), else the checkout's `conf/` (a source tree or an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    for path in (package / "conf", package.parent / "conf"):
+        if (path / "sft.yaml").is_file():
+            return str(path)
+    raise ConfigError(f"conf: neither {package / 'conf'} nor {package.parent / 'conf'} holds the configs; "
+                      "accepted: a checkout of the repository or a wheel built from it (pip install .)")
+
+
+def compose(config_name: str, overrides: list[str]) -> dict:
+    """Compose `conf/<config_name>.yaml` with Hydra overrides (outside `@hydra.main`), as a plain dict;
+    a bad override is a `ConfigError`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            return to_container(hydra_compose(config_name, overrides=overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
 
 
 def to_container(cfg) -> dict:

@@ -16,7 +16,7 @@ import sys
 
 import hydra
 
-from apr.cli.common import run_clean, to_container
+from apr.cli.common import config_dir, run_clean, to_container
 
 
 def run(c: dict) -> dict:
@@ -45,7 +45,7 @@ def _main(c: dict) -> None:
     print(f"[rl] done: step {summary['step']}, final checkpoint {summary['final']}")
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="rl")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="rl")
 def main(cfg) -> None:
     run_clean(lambda: _main(to_container(cfg)))
 
