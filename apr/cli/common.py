@@ -42,10 +42,54 @@ def to_container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+class _Tee:
+    """A console stream whose writes also go to the run's log file."""
+
+    def __init__(self, stream, log) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _hydra_log_path() -> str | None:
+    """The file Hydra's job logging writes (<run_dir>/<command>.log), if it set one up."""
+    import logging
+
+    return next((h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
+
+
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr, and in the run's log when `run_clean` keeps one."""
+    print(f"error: {message}", file=sys.stderr)
+    if isinstance(sys.stdout, _Tee):
+        sys.stdout.log.write(f"error: {message}\n")
+
+
 def run_clean(fn: Callable[[], Any]) -> Any:
-    """Run `fn`; a ConfigError exits with status 2 and a one-line message, not a traceback."""
+    """Run `fn`; a ConfigError exits with status 2 and a one-line message, not a traceback.
+
+    Under `@hydra.main` the run's own console lines (stdout, and the error line) are also appended to
+    Hydra's per-run log, <run_dir>/<command>.log; progress bars (stderr) stay on the console only."""
+    path = _hydra_log_path()
+    log = open(path, "a", encoding="utf-8") if path else None
+    console = sys.stdout
+    if log is not None:
+        sys.stdout = _Tee(console, log)
     try:
         return fn()
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         sys.exit(2)
+    finally:
+        if log is not None:
+            sys.stdout = console
+            log.close()

@@ -16,7 +16,7 @@ import sys
 
 import hydra
 
-from apr.cli.common import config_dir, run_clean, to_container
+from apr.cli.common import config_dir, print_error, run_clean, to_container
 
 
 def run(c: dict) -> dict:
@@ -40,7 +40,7 @@ def _main(c: dict) -> None:
     try:
         summary = run(c)
     except RLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         sys.exit(1)
     print(f"[rl] done: step {summary['step']}, final checkpoint {summary['final']}")
 
