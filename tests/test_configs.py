@@ -102,9 +102,9 @@ def test_paper_repro_lists_every_stage_the_makefile_runs():
 
 @pytest.mark.parametrize("stage", sorted(STAGE_CONFIG))
 def test_paper_repro_stage_composes(stage):
+    from apr.cli.sft import load_config
     from apr.eval import EvalConfig
     from apr.rl.config import RLConfig
-    from apr.cli.sft import load_config
 
     name = STAGE_CONFIG[stage]
     overrides = REPRO[stage] + (["dist=ray_cluster"] if name == "rl" else [])

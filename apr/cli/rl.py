@@ -6,6 +6,8 @@
     python -m apr.cli.rl ... resume=true                   # continue from the newest checkpoint
     python -m apr.cli.rl ... train.strategy=deepspeed train.zero_stage=2   # DeepSpeed ZeRO learner
     python -m apr.cli.rl ... dist.placement.strategy=PACK  # reserve the actors' CPUs/GPUs in a placement group
+    python -m apr.cli.rl ... engine.device=cuda dist.worker_gpus=1 # rollout engines on GPUs (the engine group)
+    python -m apr.cli.rl ... engine=sglang 'engine.urls=[http://h1:30000,http://h2:30000]'  # a server per worker+
 
 Writes runs/rl/<name>/{config.json,metrics.jsonl,checkpoints/,final/,summary.json}.
 """
