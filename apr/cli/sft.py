@@ -57,9 +57,9 @@ def solve_rate_hook(cfg, engine=None):
     path = Path(cfg.data.dir) / "val" / "problems.jsonl"
     with open(path) as f:
         problems = [Problem.from_dict(json.loads(line)) for line in f if line.strip()][:cfg.eval.num_problems]
-    extra = {"condition": cfg.eval.condition} if cfg.eval.condition else {}
     from apr.engine.config import engine_config, engine_options, with_window
 
+    extra = {"condition": cfg.eval.condition} if cfg.eval.condition else {}
     options = engine_options(with_window(engine_config(engine or {"max_seq_len": None}), cfg.data.max_seq_len))
 
     def evaluate(model, tokenizer, step: int) -> dict:

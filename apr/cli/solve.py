@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def engine_from_args(args: argparse.Namespace):
     """The engine group (conf/solve.yaml) with the command line's engine overrides, typed."""
+    from dataclasses import replace
+
     from apr.cli.common import compose
     from apr.engine.config import engine_config, engine_name, with_window
 
@@ -52,7 +54,7 @@ def engine_from_args(args: argparse.Namespace):
         if engine_name(engine) != "local":
             raise ConfigError(f"--device: got {args.device!r}; accepted: only with the local engine (SGLang "
                               "servers place the model themselves); drop it, or use engine=local")
-        engine = engine_config({"name": "local", **{**vars(engine), "device": args.device}})
+        engine = replace(engine, device=args.device)  # re-validated by LocalEngineConfig.__post_init__
     return with_window(engine, args.max_thread_tokens)
 
 
