@@ -49,11 +49,13 @@ class _Tee:
         self.stream, self.log = stream, log
 
     def write(self, text: str) -> int:
-        self.log.write(text)
+        if not self.log.closed:  # a thread (e.g. Ray's log monitor) may still hold this after the run
+            self.log.write(text)
         return self.stream.write(text)
 
     def flush(self) -> None:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         self.stream.flush()
 
     def __getattr__(self, name: str):
