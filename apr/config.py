@@ -37,11 +37,22 @@ def check(condition: bool, field: str, value: Any, accepted: str) -> None:
         fail(field, value, accepted)
 
 
+class Parser:
+    """`Annotated[T, Parser(fn)]`: the field's value is built by `fn(value, field)`, e.g. a union of
+    dataclasses chosen by a `name` key (`apr.engine.config.EngineConfig`)."""
+
+    def __init__(self, fn: typing.Callable[[Any, str], Any]) -> None:
+        self.fn = fn
+
+
 def _convert(tp: Any, value: Any, field: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Annotated:
+        parser = next((m for m in args[1:] if isinstance(m, Parser)), None)
+        return parser.fn(value, field) if parser else _convert(args[0], value, field)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -95,7 +106,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     dataclass's own `__post_init__` then checks ranges.
     """
     data = dict(data or {})
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -117,10 +128,21 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
         raise
 
 
+# dataclasses that a `name` key chooses (see `Parser`): `to_dict` writes the name back, so that the
+# dict parses into the same class again
+_NAMES: dict[type, str] = {}
+
+
+def register_name(cls: type, name: str) -> None:
+    """Record that `{"name": name, ...}` parses into `cls`; `to_dict` then writes `name` back."""
+    _NAMES[cls] = name
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass (nested) as plain dicts and lists, for JSON and run directories."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {"name": _NAMES[type(obj)], **out} if type(obj) in _NAMES else out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

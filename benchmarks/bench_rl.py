@@ -86,10 +86,8 @@ class OursSide:
             "optim": {"lr": s.lr, "grad_clip": 1.0},
             "train": {"batch_problems": len(s.problems), "inner_steps": 1, "old_logprobs": "rollout",
                       "precision": "fp32", "device": "cpu", "micro_batch_tokens": s.micro_batch_tokens},
-            "rollout": {"runtime": {"max_thread_tokens": s.window, "temperature": 1.0},
-                        "engine_options": {"max_seq_len": s.window, "max_batch_size": s.rollouts,
-                                           "compile": s.compile},
-                        "eval_problems": 0},
+            "rollout": {"runtime": {"max_thread_tokens": s.window, "temperature": 1.0}, "eval_problems": 0},
+            "engine": {"max_seq_len": s.window, "max_batch_size": s.rollouts, "compile": s.compile},
             "dist": {"mode": s.dist, "num_rollout_workers": s.workers, "worker_threads": 0 if s.workers == 1 else 1},
             "wandb": {"mode": "disabled"}}, "")
         self.trainer = RLTrainer(cfg, make_cluster(cfg))

@@ -211,9 +211,9 @@ class Check:
             "init": a.model, "run_dir": str(run_dir), "name": "sglang_check", "progress": False,
             "data": {"dir": a.data}, "algo": {"group_size": 2}, "optim": {"lr": 1e-3},
             "train": {"steps": 2, "batch_problems": a.rl_problems, "device": "cpu" if a.toy else "auto"},
-            "rollout": {"engine": "sglang", "eval_problems": 0,
-                        "runtime": {"temperature": 1.0, "max_thread_tokens": a.max_thread_tokens},
-                        "engine_options": self.engine_options(weight_sync=weight_sync, weight_sync_backend=backend)},
+            "rollout": {"eval_problems": 0,
+                        "runtime": {"temperature": 1.0, "max_thread_tokens": a.max_thread_tokens}},
+            "engine": {"name": "sglang", **self.engine_options(weight_sync=weight_sync, weight_sync_backend=backend)},
             "checkpoint": {"every_steps": 1000}, "dist": {"mode": "none", "num_rollout_workers": 1},
             "wandb": {"mode": "disabled"}}, "")
         RLTrainer(cfg, InProcessCluster(cfg)).fit()

@@ -1,7 +1,7 @@
 #!/bin/bash
 # RL of APR on a Slurm allocation: a Ray head on the first node, Ray workers on the others, then the driver.
 #   sbatch launch/slurm_rl.sh +rl=paper init=runs/sft/paper_apr/final data.dir=data/countdown_n4_paper \
-#       ++rollout.engine_options.device=cuda dist.num_rollout_workers=15 dist.worker_gpus=1 \
+#       engine.device=cuda dist.num_rollout_workers=15 dist.worker_gpus=1 \
 #       dist.learner_gpus=0.5 dist.ref_gpus=0.5 dist.placement.strategy=PACK
 # runs, on the first node:  python -m apr.cli.rl "$@" dist=ray_cluster dist.address=<head>:6379
 # Resources assumed (edit the #SBATCH lines): 2 nodes x 8 GPUs x 32 CPUs, 24 h; the repository (with

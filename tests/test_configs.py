@@ -8,7 +8,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from apr.cli.common import to_container
-from apr.config import from_dict
+from apr.config import ConfigError, from_dict
 from apr.datagen import DataConfig
 from apr.search import SearchConfig
 from apr.task import CountdownConfig
@@ -72,7 +72,7 @@ def test_rl_config_composes(dist, preset):
     assert cfg.dist.mode == dist and cfg.init == "/tmp/x"
     if preset == "paper":
         assert (cfg.train.batch_problems, cfg.algo.group_size, cfg.optim.lr, cfg.train.steps) == (64, 5, 1e-5, 150)
-        assert cfg.rollout.engine_options["max_seq_len"] == 4096
+        assert cfg.engine.max_seq_len == 4096  # null in conf/engine/local.yaml: the rollout window
     assert cfg.dist.placement.strategy is None  # no placement group unless asked for
 
 
@@ -102,9 +102,9 @@ def test_paper_repro_lists_every_stage_the_makefile_runs():
 
 @pytest.mark.parametrize("stage", sorted(STAGE_CONFIG))
 def test_paper_repro_stage_composes(stage):
+    from apr.cli.sft import load_config
     from apr.eval import EvalConfig
     from apr.rl.config import RLConfig
-    from apr.sft import SFTConfig
 
     name = STAGE_CONFIG[stage]
     overrides = REPRO[stage] + (["dist=ray_cluster"] if name == "rl" else [])
@@ -115,16 +115,78 @@ def test_paper_repro_stage_composes(stage):
         assert from_dict(DataConfig, c["data"], "data").num_train == 500_000
         assert from_dict(CountdownConfig, c["task"], "task").num_numbers == 4
     elif name == "sft":
-        cfg = from_dict(SFTConfig, c, "")
+        cfg, engine = load_config(c)
+        assert engine.device == "cuda"
         assert (cfg.model.name, cfg.data.max_seq_len, cfg.optim.lr) == ("paper_228m", 4096, 5e-5)
         assert cfg.train.batch_rows * cfg.train.grad_accum_steps * 8 == 256  # the paper's batch on 8 GPUs
     elif name == "rl":
         cfg = from_dict(RLConfig, c, "")
         assert (cfg.train.batch_problems, cfg.algo.group_size, cfg.train.steps) == (64, 5, 150)
-        assert cfg.rollout.engine_options["device"] == "cuda" and cfg.dist.placement.strategy == "PACK"
+        assert (cfg.engine.device, cfg.engine.dtype) == ("cuda", "bfloat16") and cfg.dist.placement.strategy == "PACK"
         gpus = cfg.dist.num_rollout_workers * cfg.dist.worker_gpus + cfg.dist.learner_gpus + cfg.dist.ref_gpus
         assert gpus == 8
         assert cfg.loss.kl_coef == (0.01 if stage == "rl_sosp" else 0.001)
     else:
         assert from_dict(EvalConfig, c["eval"], "eval").max_thread_tokens == 4096
         assert set(c["models"]) == {"sosp", "apr", "sosp_rl", "apr_rl"}
+
+
+# The `engine` group (conf/engine/): one way to choose and tune the engine for every command.
+SGLANG = ["engine=sglang", "engine.urls=[http://h1:30000,http://h2:30000]", "engine.max_retries=1"]
+
+
+@pytest.mark.parametrize("command", ["sft", "rl", "eval", "solve"])
+def test_engine_sglang_composes_for_every_command(command):
+    from apr.cli.common import compose as compose_cli
+    from apr.engine.config import engine_config, engine_name
+    from apr.engine.sglang import SGLangEngineConfig
+
+    c = compose_cli(command, SGLANG + (["init=/tmp/x"] if command == "rl" else []))
+    engine = engine_config(c["engine"])
+    assert isinstance(engine, SGLangEngineConfig) and engine_name(engine) == "sglang"
+    assert (engine.urls, engine.max_retries) == (["http://h1:30000", "http://h2:30000"], 1)
+    if command == "rl":  # the typed RLConfig holds it (two rollout workers, one server each)
+        from apr.rl.config import RLConfig
+
+        c.pop("hydra", None)
+        assert from_dict(RLConfig, c, "").engine == engine
+    if command == "sft":  # composes; training refuses it while the solve-rate hook is on (it needs local)
+        from apr.cli.sft import load_config
+
+        with pytest.raises(ConfigError, match=r"^engine: got 'sglang'; accepted: local for SFT"):
+            load_config(c)
+        assert load_config({**c, "eval": {**c["eval"], "num_problems": 0}})[1] == engine
+
+
+@pytest.mark.parametrize("command, window", [("sft", "data.max_seq_len=384"), ("rl", "rollout.runtime.max_thread_tokens=384"),
+                                             ("eval", "eval.max_thread_tokens=384")])
+def test_local_engine_window_follows_the_command(command, window):
+    from apr.cli.common import compose as compose_cli
+
+    c = compose_cli(command, [window, "engine.device=cpu", "engine.dtype=bfloat16"]
+                    + (["init=/tmp/x"] if command == "rl" else []))
+    assert c["engine"]["name"] == "local" and c["engine"]["max_seq_len"] is None
+    if command == "rl":
+        from apr.rl.config import RLConfig
+
+        c.pop("hydra", None)
+        cfg = from_dict(RLConfig, c, "")
+        assert (cfg.engine.max_seq_len, cfg.engine.dtype) == (384, "bfloat16")
+    elif command == "sft":
+        from apr.cli.sft import load_config
+
+        assert load_config(c)[1].max_seq_len == 384
+
+
+def test_rl_engine_typo_fails_at_load_naming_the_field():
+    from apr.cli.common import compose as compose_cli
+    from apr.rl.config import RLConfig
+
+    c = compose_cli("rl", ["init=/tmp/x", "+engine.max_batch_sise=8"])
+    c.pop("hydra", None)
+    with pytest.raises(ConfigError, match=r"^engine.max_batch_sise: unknown field; accepted: attention_chunk_rows"):
+        from_dict(RLConfig, c, "")
+    c = compose_cli("rl", ["init=/tmp/x", *SGLANG, "dist.num_rollout_workers=3"])
+    c.pop("hydra", None)
+    with pytest.raises(ConfigError, match=r"^engine.urls: .*one server URL per rollout worker"):
+        from_dict(RLConfig, c, "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hydra
 
-from apr.cli.common import run_clean, to_container
+from apr.cli.common import config_dir, run_clean, to_container
 
 
 def run(c: dict) -> dict:
@@ -30,7 +30,7 @@ def run(c: dict) -> dict:
     return stats
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="data")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="data")
 def main(cfg) -> None:
     run_clean(lambda: run(to_container(cfg)))
 

@@ -6,6 +6,8 @@
     python -m apr.cli.rl ... resume=true                   # continue from the newest checkpoint
     python -m apr.cli.rl ... train.strategy=deepspeed train.zero_stage=2   # DeepSpeed ZeRO learner
     python -m apr.cli.rl ... dist.placement.strategy=PACK  # reserve the actors' CPUs/GPUs in a placement group
+    python -m apr.cli.rl ... engine.device=cuda dist.worker_gpus=1 # rollout engines on GPUs (the engine group)
+    python -m apr.cli.rl ... engine=sglang 'engine.urls=[http://h1:30000,http://h2:30000]'  # a server per worker+
 
 Writes runs/rl/<name>/{config.json,metrics.jsonl,checkpoints/,final/,summary.json}.
 """
@@ -16,7 +18,7 @@ import sys
 
 import hydra
 
-from apr.cli.common import run_clean, to_container
+from apr.cli.common import config_dir, print_error, run_clean, to_container
 
 
 def run(c: dict) -> dict:
@@ -40,12 +42,12 @@ def _main(c: dict) -> None:
     try:
         summary = run(c)
     except RLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         sys.exit(1)
     print(f"[rl] done: step {summary['step']}, final checkpoint {summary['final']}")
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="rl")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="rl")
 def main(cfg) -> None:
     run_clean(lambda: _main(to_container(cfg)))
 

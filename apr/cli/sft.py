@@ -6,16 +6,18 @@
     torchrun --nproc_per_node 2 -m apr.cli.sft ...               # DDP (gloo on CPU, nccl on CUDA)
     python -m apr.cli.sft ... train.strategy=deepspeed train.zero_stage=2     # ZeRO; ~1 s to set up
     python -m apr.cli.sft ... resume=true                        # continue the newest checkpoint
+    python -m apr.cli.sft ... train.device=cuda engine.device=cuda   # train, and solve-rate, on a GPU
 
 The solve-rate hook: when `apr.api.Reasoner` is importable, every `eval.every_steps` the model
-solves `eval.num_problems` validation problems greedily through the APR runtime.
+solves `eval.num_problems` validation problems greedily through the APR runtime, on the `engine`
+group's local engine (conf/engine/local.yaml; it decodes the weights being trained, in this process).
 """
 
 from __future__ import annotations
 
 import hydra
 
-from apr.cli.common import run_clean, to_container
+from apr.cli.common import config_dir, run_clean, to_container
 
 
 def load_tokenizer(data_dir: str):
@@ -32,8 +34,10 @@ def load_tokenizer(data_dir: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def solve_rate_hook(cfg):
-    """`evaluate(model, tokenizer, step) -> dict` over validation problems, or None if unavailable."""
+def solve_rate_hook(cfg, engine=None):
+    """`evaluate(model, tokenizer, step) -> dict` over validation problems, or None if unavailable.
+
+    `engine`: the hook's LocalEngineConfig (None: the local defaults at the data's window)."""
     import copy
     import json
     from pathlib import Path
@@ -53,11 +57,14 @@ def solve_rate_hook(cfg):
     path = Path(cfg.data.dir) / "val" / "problems.jsonl"
     with open(path) as f:
         problems = [Problem.from_dict(json.loads(line)) for line in f if line.strip()][:cfg.eval.num_problems]
+    from apr.engine.config import engine_config, engine_options, with_window
+
     extra = {"condition": cfg.eval.condition} if cfg.eval.condition else {}
+    options = engine_options(with_window(engine_config(engine or {"max_seq_len": None}), cfg.data.max_seq_len))
 
     def evaluate(model, tokenizer, step: int) -> dict:
         # a copy: the engine may cast or move the model it is given
-        reasoner = Reasoner.from_model(copy.deepcopy(model), tokenizer, **cfg.eval.engine)
+        reasoner = Reasoner.from_model(copy.deepcopy(model), tokenizer, **options)
         results = reasoner.solve_batch(problems, **extra, **cfg.eval.limits)
         out = {"solve_rate": sum(r.correct for r in results) / max(len(results), 1)}
         keys = {k for r in results for k, v in r.metrics.items() if isinstance(v, (int, float))}
@@ -71,15 +78,30 @@ def solve_rate_hook(cfg):
 
 def run(c: dict, evaluate=None) -> dict:
     """Train from a resolved config dict (what Hydra composed); returns the trainer's summary."""
-    from apr.config import from_dict
-    from apr.sft import SFTConfig, Trainer
+    from apr.sft import Trainer
 
-    cfg = from_dict(SFTConfig, c, "")
+    cfg, engine = load_config(c)
     tokenizer = load_tokenizer(cfg.data.dir)
-    return Trainer(cfg, tokenizer, evaluate or solve_rate_hook(cfg)).fit()
+    return Trainer(cfg, tokenizer, evaluate or solve_rate_hook(cfg, engine)).fit()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="sft")
+def load_config(c: dict):
+    """(SFTConfig, the solve-rate hook's engine config) from a composed config, both checked before
+    training starts. The engine (the `engine` group) must be local: the hook decodes the weights being
+    trained, in this process."""
+    from apr.config import fail, from_dict
+    from apr.engine.config import engine_config, engine_name, with_window
+    from apr.sft import SFTConfig
+
+    engine = engine_config(c.get("engine") or {})
+    cfg = from_dict(SFTConfig, {k: v for k, v in c.items() if k not in ("engine", "hydra")}, "")
+    if engine_name(engine) != "local" and cfg.eval.num_problems:
+        fail("engine", engine_name(engine), "local for SFT (its solve-rate hook decodes the weights being trained "
+             "in this process); or eval.num_problems=0 to train without the solve rate")
+    return cfg, with_window(engine, cfg.data.max_seq_len)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="sft")
 def main(cfg) -> None:
     run_clean(lambda: run(to_container(cfg)))
 

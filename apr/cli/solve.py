@@ -2,6 +2,8 @@
 
     apr solve --model runs/sft/apr_small/final --numbers 22 26 31 53 --target 27
     apr solve --model DIR --numbers 22 26 31 53 --target 27 --json      # for machines
+    apr solve --model DIR --numbers 22 26 31 53 --target 27 --device cuda        # = engine.device=cuda
+    apr solve --model DIR --numbers 22 26 31 53 --target 27 engine=sglang 'engine.urls=[http://h:30000]'
     # a ~6M model on CPU: about a second per problem
 """
 
@@ -9,13 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from apr.config import ConfigError
 
+# Hydra overrides of the `engine` group (conf/solve.yaml), e.g. engine=sglang engine.urls=[...]
+_ENGINE_OVERRIDE = re.compile(r"^[+~]{0,2}engine([.=@]|$)")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="apr solve", description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="apr solve", description=__doc__.split("\n\n")[0],
+                                 epilog="engine overrides (the engine group, conf/engine/): engine=local|sglang, "
+                                        "engine.<field>=<value>, e.g. engine=sglang 'engine.urls=[http://h:30000]'")
     ap.add_argument("--model", required=True, help="checkpoint directory (HF model + tokenizer)")
     ap.add_argument("--numbers", type=int, nargs="+", required=True, help="the input numbers")
     ap.add_argument("--target", type=int, required=True)
@@ -26,19 +35,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-depth", type=int, default=1)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default=None, help="the local engine's torch device (engine.device): cpu, cuda, cuda:1")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the tree")
-    return ap.parse_args(argv)
+    args = ap.parse_args([a for a in argv if not _ENGINE_OVERRIDE.match(a)])
+    args.engine_overrides = [a for a in argv if _ENGINE_OVERRIDE.match(a)]
+    return args
+
+
+def engine_from_args(args: argparse.Namespace):
+    """The engine group (conf/solve.yaml) with the command line's engine overrides, typed."""
+    from dataclasses import replace
+
+    from apr.cli.common import compose
+    from apr.engine.config import engine_config, engine_name, with_window
+
+    engine = engine_config(compose("solve", args.engine_overrides)["engine"])
+    if args.device is not None:
+        if engine_name(engine) != "local":
+            raise ConfigError(f"--device: got {args.device!r}; accepted: only with the local engine (SGLang "
+                              "servers place the model themselves); drop it, or use engine=local")
+        engine = replace(engine, device=args.device)  # re-validated by LocalEngineConfig.__post_init__
+    return with_window(engine, args.max_thread_tokens)
 
 
 def run(args: argparse.Namespace) -> dict:
     from apr.api import Reasoner
+    from apr.engine.config import engine_name, engine_options
     from apr.runtime import RuntimeConfig
 
+    engine = engine_from_args(args)
     limits = RuntimeConfig(max_children=args.max_children, max_depth=args.max_depth,
                            max_thread_tokens=args.max_thread_tokens, max_total_tokens=args.max_total_tokens,
                            temperature=args.temperature, seed=args.seed)
-    reasoner = Reasoner.from_pretrained(args.model, runtime=limits, device=args.device)
+    reasoner = Reasoner.from_pretrained(args.model, engine=engine_name(engine), runtime=limits,
+                                        **engine_options(engine))
     result = reasoner.solve(args.numbers, args.target, condition=args.condition)
     if args.json:
         print(result.to_json())

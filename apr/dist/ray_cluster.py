@@ -43,7 +43,7 @@ from apr.rl.algos import aggregation_denominator
 from apr.rl.batch import shard_rows
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy, _device
-from apr.rl.rollout import Rollout, RolloutWorker, worker_rollout_config
+from apr.rl.rollout import Rollout, RolloutWorker, worker_engine_config
 from apr.sft.strategy import free_port
 
 
@@ -192,8 +192,8 @@ class RayCluster:
     def _new_worker(self, i: int):
         c, d = self.cfg, self.cfg.dist
         actor = ray.remote(num_cpus=d.worker_cpus, num_gpus=d.worker_gpus)(WorkerActor).options(**self._in_bundle(1 + i))
-        rollout = worker_rollout_config(c.rollout, i, d.num_rollout_workers)
-        return actor.remote(c.init, rollout, c.algo, c.data.condition, d.worker_threads)
+        engine = worker_engine_config(c.engine, i, d.num_rollout_workers)
+        return actor.remote(c.init, c.rollout, c.algo, c.data.condition, d.worker_threads, engine)
 
     def _get(self, ref):
         return ray.get(ref, timeout=self.timeout)

@@ -41,7 +41,9 @@ class LocalEngineConfig:
     """
 
     max_batch_size: int = 64  # sequences decoded together in one forward
-    max_seq_len: int = 2048  # positions per sequence (prompt + generated + appended)
+    # positions per sequence (prompt + generated + appended); None: the command's thread window, filled
+    # in by `apr.engine.config.with_window` before an engine is built
+    max_seq_len: int | None = 2048
     num_slots: int | None = None  # KV slots, running + suspended sequences; None: 2 x max_batch_size
     max_prefill_tokens: int = 4096  # padded tokens per prefill forward (more requests wait a step)
     dtype: str = "float32"  # float32 | bfloat16 | float16 (weights, activations and KV)
@@ -55,6 +57,8 @@ class LocalEngineConfig:
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_seq_len", "max_prefill_tokens"):
             value = getattr(self, name)
+            if name == "max_seq_len" and value is None:
+                continue
             check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                   f"engine.{name}", value, "a positive integer")
         if self.num_slots is None:
@@ -83,6 +87,8 @@ class LocalEngine:
 
     def __init__(self, model, config: LocalEngineConfig | None = None) -> None:
         self.config = config = config or LocalEngineConfig()
+        check(config.max_seq_len is not None, "engine.max_seq_len", None,
+              "a positive integer (null is only a placeholder the commands fill with their thread window)")
         dtype = _DTYPES[config.dtype]
         self.device = torch.device(config.device)
         self.model = model.to(device=self.device, dtype=dtype).eval()

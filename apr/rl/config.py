@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from apr.config import check
+from apr.engine.config import EngineConfig, engine_config, engine_name, with_window
 from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES
 from apr.runtime import RuntimeConfig
 from apr.sft.config import WandbConfig
@@ -138,17 +139,14 @@ class RLTrainConfig:
 
 @dataclass
 class RolloutConfig:
-    """Sampling and limits of training rollouts, and the engine that runs them."""
+    """Sampling and limits of training rollouts (the engine that runs them is `RLConfig.engine`)."""
 
     runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(temperature=1.0))
-    engine: str = "local"  # local | sglang
-    engine_options: dict = field(default_factory=dict)  # LocalEngineConfig / SGLangEngineConfig fields
     eval_every_steps: int = 0  # greedy accuracy on held-out problems every N steps (0: at start and end only)
     eval_problems: int = 100  # first N problems of eval_split
     eval_split: str = "val"
 
     def __post_init__(self) -> None:
-        check(self.engine in ("local", "sglang"), "rollout.engine", self.engine, "local or sglang")
         # the learner scores tokens under logits / temperature; a truncated (top-k / top-p) distribution
         # would make every PPO ratio off-policy with no correction, so RL refuses it
         rt = self.runtime
@@ -245,6 +243,8 @@ class RLConfig:
     optim: RLOptimConfig = field(default_factory=RLOptimConfig)
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    # the rollout engine (the `engine` group: conf/engine/): LocalEngineConfig | SGLangEngineConfig
+    engine: EngineConfig = field(default_factory=lambda: engine_config({"max_seq_len": None}))
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
     log_every_steps: int = 1
@@ -253,9 +253,10 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.init), "init", self.init, "the directory of an SFT checkpoint (e.g. runs/sft/<name>/final)")
-        if self.rollout.engine == "sglang":
-            urls = self.rollout.engine_options.get("urls") or []
-            check(len(urls) >= self.dist.num_rollout_workers, "rollout.engine_options.urls", urls,
+        self.engine = with_window(engine_config(self.engine), self.rollout.runtime.max_thread_tokens)
+        if engine_name(self.engine) == "sglang":
+            urls = self.engine.urls
+            check(len(urls) >= self.dist.num_rollout_workers, "engine.urls", urls,
                   f"at least one server URL per rollout worker (dist.num_rollout_workers="
                   f"{self.dist.num_rollout_workers}): each worker drives, and updates the weights of, its own servers")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apr.config import from_dict, to_dict
+from apr.engine.config import engine_config, engine_name, engine_options, with_window
 from apr.rl.config import AlgoConfig, RolloutConfig
 from apr.rl.weights import load_buckets
 from apr.runtime import Finish, RuntimeConfig, ThreadTree
@@ -116,20 +117,20 @@ class ProblemStream:
         return out
 
 
-def worker_rollout_config(rollout: RolloutConfig, index: int, num_workers: int) -> RolloutConfig:
+def worker_engine_config(engine, index: int, num_workers: int):
     """Rollout worker `index`'s share of the engine: with `sglang`, its own servers (urls[index::n]),
     because a worker also pushes the new weights to the servers it drives.
 
-    >>> r = RolloutConfig(engine="sglang", engine_options={"urls": ["http://a", "http://b", "http://c"]})
-    >>> worker_rollout_config(r, 0, 2).engine_options["urls"], worker_rollout_config(r, 1, 2).engine_options["urls"]
-    (['http://a', 'http://c'], ['http://b'])
+    >>> from apr.engine.config import engine_config
+    >>> e = engine_config({"name": "sglang", "urls": ["http://a:1", "http://b:1", "http://c:1"]})
+    >>> worker_engine_config(e, 0, 2).urls, worker_engine_config(e, 1, 2).urls
+    (['http://a:1', 'http://c:1'], ['http://b:1'])
     """
     from dataclasses import replace
 
-    if rollout.engine != "sglang" or num_workers == 1:
-        return rollout
-    urls = list(rollout.engine_options.get("urls") or [])
-    return replace(rollout, engine_options={**rollout.engine_options, "urls": urls[index::num_workers]})
+    if engine_name(engine) != "sglang" or num_workers == 1:
+        return engine
+    return replace(engine, urls=list(engine.urls)[index::num_workers])
 
 
 def rollout_seed(seed: int, step: int, first_index: int) -> int:
@@ -144,7 +145,7 @@ class RolloutWorker:
     """An engine loaded from `init`, the runtime, and the Countdown reward."""
 
     def __init__(self, init: str, rollout: RolloutConfig, algo: AlgoConfig, condition: str | None = None,
-                 num_threads: int = 0, reasoner=None) -> None:
+                 num_threads: int = 0, engine=None, reasoner=None) -> None:
         import torch
 
         from apr.api import Reasoner
@@ -155,8 +156,12 @@ class RolloutWorker:
         self.algo = algo
         self.condition = condition
         self.reward_fn = resolve_reward(algo.reward)
-        self.reasoner = reasoner or Reasoner.from_pretrained(init, engine=rollout.engine, runtime=rollout.runtime,
-                                                             **rollout.engine_options)
+        if reasoner is None:
+            # engine: a LocalEngineConfig | SGLangEngineConfig (RLConfig.engine); None: the local defaults
+            engine = with_window(engine_config(engine or {}), rollout.runtime.max_thread_tokens)
+            reasoner = Reasoner.from_pretrained(init, engine=engine_name(engine), runtime=rollout.runtime,
+                                                **engine_options(engine))
+        self.reasoner = reasoner
         check_logprobs = getattr(self.reasoner.engine, "check_logprobs", None)
         if check_logprobs is not None:  # a server's log-probs must be those the learner recomputes
             check_logprobs(rollout.runtime.temperature)

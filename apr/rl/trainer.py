@@ -30,7 +30,7 @@ from apr.rl.rollout import (
     RolloutWorker,
     load_problems,
     rollout_seed,
-    worker_rollout_config,
+    worker_engine_config,
 )
 from apr.sft import checkpoint as ckpt
 from apr.sft.metrics import MetricsLog, timer
@@ -59,8 +59,8 @@ class InProcessCluster:
         self.ref = RefPolicy(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision,
                              temperature=cfg.logprob_temperature) if cfg.uses_ref else None
         n = cfg.dist.num_rollout_workers
-        self.workers = [RolloutWorker(cfg.init, worker_rollout_config(cfg.rollout, i, n), cfg.algo, cfg.data.condition)
-                        for i in range(n)]
+        self.workers = [RolloutWorker(cfg.init, cfg.rollout, cfg.algo, cfg.data.condition,
+                                      engine=worker_engine_config(cfg.engine, i, n)) for i in range(n)]
         self.num_workers = len(self.workers)
         self.restarts = 0
 

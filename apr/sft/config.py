@@ -90,12 +90,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Validation loss every `every_steps`; the CLI's solve-rate hook reads the rest."""
+    """Validation loss every `every_steps`; the CLI's solve-rate hook reads the rest (and its engine, the
+    `engine` group, which the CLI parses: this layer sits above the engines)."""
 
     every_steps: int = 200  # 0: only at the end
     num_problems: int = 50  # validation problems solved greedily by the solve-rate hook (0: off)
     condition: str | None = None  # first prompt line for conditioned models, e.g. "threads 6"
-    engine: dict = field(default_factory=dict)  # options of Reasoner.from_model (apr.engine.local)
     limits: dict = field(default_factory=dict)  # runtime limits passed to Reasoner.solve_batch
 
     def __post_init__(self) -> None:

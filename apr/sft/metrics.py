@@ -61,8 +61,12 @@ class MetricsLog:
 
     def close(self) -> None:
         if self._wandb is not None:
+            run_dir, offline = self._wandb.dir, self._wandb.settings.mode == "offline"
             self._wandb.finish()
             self._wandb = None
+            if offline:  # wandb itself is silent (its own lines are in <run_dir>/wandb/.../logs/)
+                path = Path(run_dir).parent
+                print(f"wandb: offline run in {path} (upload it with: wandb sync {path})", flush=True)
 
 
 def _init_wandb(run_dir: Path, cfg: WandbConfig, name: str, config: dict, resume: bool):
@@ -71,8 +75,11 @@ def _init_wandb(run_dir: Path, cfg: WandbConfig, name: str, config: dict, resume
     id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same wandb run
     run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:8]
     id_file.write_text(run_id)
+    # silent: wandb's banner and ~30-line run summary go to its log files under <run_dir>/wandb/, not the
+    # console (MetricsLog.close prints one line of ours); console="off": our stdout is not captured twice
+    settings = wandb.Settings(silent=True, console="off")
     return wandb.init(project=cfg.project, entity=cfg.entity, name=name, mode=cfg.mode, dir=str(run_dir),
-                      config=config, id=run_id, resume="allow")
+                      config=config, id=run_id, resume="allow", settings=settings)
 
 
 def _plain(v):

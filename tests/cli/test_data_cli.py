@@ -22,6 +22,15 @@ def test_data_cli_end_to_end(tmp_path):
     assert stats["train"]["sosp"]["num_problems"] == 20
     assert (out / ".hydra" / "config.yaml").exists()  # the resolved config is saved with the data
     assert "| apr |" in r.stdout
+    # Hydra's per-run log holds the run's own lines (it was created empty)
+    log = (out / "data.log").read_text()
+    assert "| apr |" in log and f"wrote {out}" in log
+
+
+def test_data_cli_error_lands_in_the_run_log(tmp_path):
+    r = run_cli("task.num_numbers=1", f"data.out_dir={tmp_path}", cwd=ROOT)
+    assert r.returncode == 2
+    assert (tmp_path / "data.log").read_text().strip() == r.stderr.strip()
 
 
 def test_data_cli_bad_input_is_one_clear_line(tmp_path):

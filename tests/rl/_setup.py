@@ -39,8 +39,8 @@ def rl_config(tmp: Path, init: Path, data: Path, **over) -> RLConfig:
          "algo": {"group_size": 2, "reward": DIGITS, "require_eos": False},
          "optim": {"lr": 1e-3},
          "train": {"steps": 3, "batch_problems": 4, "inner_steps": 2, "micro_batch_tokens": 256},
-         "rollout": {"runtime": {"max_thread_tokens": 48, "temperature": 1.0},
-                     "engine_options": {"max_seq_len": 64, "max_batch_size": 16}, "eval_problems": 4},
+         "rollout": {"runtime": {"max_thread_tokens": 48, "temperature": 1.0}, "eval_problems": 4},
+         "engine": {"max_seq_len": 64, "max_batch_size": 16},
          "checkpoint": {"every_steps": 2},
          "dist": {"mode": "none", "num_rollout_workers": 1},
          "wandb": {"mode": "disabled"}}

@@ -34,8 +34,7 @@ def test_rl_on_sglang_matches_the_local_engine(tmp_path, assets):
     local = _rows(tmp_path / "local", assets)
     with Standin(str(assets[0]), deterministic=True) as server:
         remote = _rows(tmp_path / "sglang", assets, **{
-            "rollout.engine": "sglang",
-            "rollout.engine_options": {"urls": [server.url], "deterministic": True, "weights_dir": str(tmp_path / "weights")}})
+            "engine": {"name": "sglang", "deterministic": True, "urls": [server.url], "weights_dir": str(tmp_path / "weights")}})
     assert sorted(remote) == [1, 2]
     for step in (1, 2):  # step 2 samples with the weights pushed to the server after step 1
         for k in KEYS:
@@ -69,8 +68,7 @@ def test_rl_survives_a_server_restart_between_steps(tmp_path, assets):
     try:
         InProcessCluster.sync_weights = sync_after_a_restart
         remote = _rows(tmp_path / "sglang", assets, **{
-            "rollout.engine": "sglang",
-            "rollout.engine_options": {"urls": [servers[0].url], "deterministic": True, "weights_dir": str(tmp_path / "weights"),
+            "engine": {"name": "sglang", "deterministic": True, "urls": [servers[0].url], "weights_dir": str(tmp_path / "weights"),
                                        "max_retries": 5, "backoff_s": 0.1}})
     finally:
         InProcessCluster.sync_weights = real_sync
@@ -85,21 +83,19 @@ def test_rl_with_an_unreachable_server_fails_before_training_naming_the_url(tmp_
 
     url = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(ConfigError, match="engine.urls.*" + url.replace(".", r"\.")):
-        _rows(tmp_path, assets, **{"rollout.engine": "sglang",
-                                   "rollout.engine_options": {"urls": [url], "max_retries": 1, "backoff_s": 0.01}})
+        _rows(tmp_path, assets, **{"engine": {"name": "sglang", "urls": [url], "max_retries": 1, "backoff_s": 0.01}})
 
 
 def test_each_rollout_worker_drives_its_own_servers(tmp_path, assets):
     from apr.config import ConfigError
 
-    with pytest.raises(ConfigError, match="rollout.engine_options.urls.*one server URL per rollout worker"):
-        rl_config(tmp_path, *assets, **{"rollout.engine": "sglang", "dist.num_rollout_workers": 2,
-                                        "rollout.engine_options": {"urls": ["http://127.0.0.1:1"]}})
+    with pytest.raises(ConfigError, match="engine.urls.*one server URL per rollout worker"):
+        rl_config(tmp_path, *assets, **{"dist.num_rollout_workers": 2,
+                                        "engine": {"name": "sglang", "urls": ["http://127.0.0.1:1"]}})
     local = _rows(tmp_path / "local", assets, **{"dist.num_rollout_workers": 2})
     with Standin(str(assets[0]), deterministic=True) as a, Standin(str(assets[0]), deterministic=True) as b:
         remote = _rows(tmp_path / "sglang", assets, **{
-            "dist.num_rollout_workers": 2, "rollout.engine": "sglang",
-            "rollout.engine_options": {"urls": [a.url, b.url], "deterministic": True, "weights_dir": str(tmp_path / "weights")}})
+            "dist.num_rollout_workers": 2, "engine": {"name": "sglang", "deterministic": True, "urls": [a.url, b.url], "weights_dir": str(tmp_path / "weights")}})
         assert a.num_generate > 0 and b.num_generate > 0
     for k in KEYS:
         assert remote[2][k] == pytest.approx(local[2][k], rel=1e-4, abs=1e-6), k
@@ -111,9 +107,8 @@ def test_rl_with_distributed_weight_sync_matches_the_local_engine(tmp_path, asse
     local = _rows(tmp_path / "local", assets)
     standin = Path(__file__).parents[1] / "engine" / "sglang_standin.py"
     remote = _rows(tmp_path / "sglang", assets, **{
-        "rollout.engine": "sglang",
-        "rollout.engine_options": {"urls": [f"http://127.0.0.1:{_free_port()}"], "launch": True,
-                                   "launch_command": [sys.executable, str(standin)], "launch_timeout_s": 120, "deterministic": True,
+        "engine": {"name": "sglang", "deterministic": True, "urls": [f"http://127.0.0.1:{_free_port()}"], "launch": True,
+                                   "launch_command": [sys.executable, str(standin)], "launch_timeout_s": 120,
                                    "weight_sync": "distributed", "weight_sync_backend": "gloo",
                                    "weights_dir": str(tmp_path / "weights")}})
     assert sorted(remote) == [1, 2]
@@ -130,6 +125,6 @@ def test_rl_refuses_servers_with_raw_logprobs_below_temperature_1(tmp_path, asse
 
     with Standin(str(assets[0]), return_original_logprob=True) as server:
         with pytest.raises(ConfigError, match="engine.server_logprobs: .* return raw log-probs .* temperature 0.7"):
-            _rows(tmp_path, assets, **{"rollout.runtime.temperature": 0.7, "rollout.engine": "sglang",
-                                       "rollout.engine_options": {"urls": [server.url]}})
+            _rows(tmp_path, assets, **{"rollout.runtime.temperature": 0.7,
+                                       "engine": {"name": "sglang", "urls": [server.url]}})
         assert server.num_generate == 1  # the probe

@@ -27,7 +27,7 @@ def test_cli_trains_two_steps_with_solve_rate(data_dir, tmp_path):
     run_dir = tmp_path / "cli"
     out = sft(f"data.dir={data_dir}", "data.max_seq_len=512", "train.max_steps=2", "train.batch_rows=2",
               "train.num_threads=1", f"run_dir={run_dir}", "wandb.mode=disabled", "log.progress=false",
-              "eval.num_problems=2", "eval.limits.max_thread_tokens=48", "eval.engine.max_seq_len=64")
+              "eval.num_problems=2", "eval.limits.max_thread_tokens=48", "engine.max_seq_len=64")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final_eval = rows[-1]
@@ -52,9 +52,8 @@ def test_cli_rejects_an_unknown_model(tmp_path):
 
 
 def test_solve_rate_hook_uses_the_api(data_dir, data_tokenizer, tmp_path):
-    cfg = small_cfg(data_dir, tmp_path, eval={"num_problems": 3, "limits": {"max_thread_tokens": 40},
-                                              "engine": {"max_seq_len": 48}})
-    hook = solve_rate_hook(cfg)
+    cfg = small_cfg(data_dir, tmp_path, eval={"num_problems": 3, "limits": {"max_thread_tokens": 40}})
+    hook = solve_rate_hook(cfg, {"name": "local", "max_seq_len": 48})
     assert hook is not None
     model = build_for_tokenizer(cfg.model, data_tokenizer).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

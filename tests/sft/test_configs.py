@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from apr.cli.common import to_container
+from apr.cli.sft import load_config
 from apr.config import ConfigError, from_dict
 from apr.sft import SFTConfig
 
@@ -14,19 +15,23 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "sft").glob("*.yaml"))
 
 
-def compose_sft(overrides):
+def compose_sft(overrides, keep_engine=False):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return to_container(compose("sft", overrides=overrides))
+        c = to_container(compose("sft", overrides=overrides))
+    if not keep_engine:
+        c.pop("engine")  # the CLI parses it (apr.cli.sft.load_config): SFTConfig sits above the engines
+    return c
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("solver", ["sosp", "apr"])
 def test_sft_config_composes(model, solver):
-    c = compose_sft([f"model={model}", f"data.solver={solver}", "train.strategy=deepspeed"])
-    cfg = from_dict(SFTConfig, c, "")
+    cfg, engine = load_config(compose_sft([f"model={model}", f"data.solver={solver}", "train.strategy=deepspeed"],
+                                          keep_engine=True))
     assert cfg.model.name == model and cfg.name == f"{model}_{solver}"
     assert cfg.run_dir == f"runs/sft/{model}_{solver}"
-    assert cfg.eval.limits["max_thread_tokens"] == cfg.data.max_seq_len == cfg.eval.engine["max_seq_len"]
+    assert cfg.eval.limits["max_thread_tokens"] == cfg.data.max_seq_len
+    assert engine.max_seq_len == cfg.data.max_seq_len  # null in conf/engine/local.yaml: the data's window
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
