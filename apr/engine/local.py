@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from apr.config import ConfigError, check, fail
+from apr.engine import kv_budget
 from apr.engine.base import Completion, EngineStats, FinishReason, Request
 from apr.engine.kv_cache import KVCache
 from apr.engine.llama import ForwardBatch, LlamaRunner
@@ -36,13 +37,17 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class LocalEngineConfig:
     """Sizes and placement of the local engine (validated; errors name `engine.<field>`).
 
-    KV memory = num_slots x max_seq_len x layers x 2 x kv_heads x head_dim x dtype bytes
-    (tiny preset, 128 slots x 2,048 positions, fp32: 1 GiB).
+    KV memory is a budget (`kv_memory`, see `apr.engine.kv_budget`): one position costs
+    layers x 2 x kv_heads x head_dim x dtype bytes (tiny preset, fp32: 4 KiB), and sequences
+    hold rows as long as the longest live one needs, not `max_seq_len` each (`kv_cache`).
     """
 
     max_batch_size: int = 64  # sequences decoded together in one forward
     max_seq_len: int = 2048  # positions per sequence (prompt + generated + appended)
-    num_slots: int | None = None  # KV slots, running + suspended sequences; None: 2 x max_batch_size
+    # KV budget: None (num_slots x max_seq_len, at most half the free memory), a fraction of the
+    # free memory in (0, 1], or bytes (int, or a string such as "8GiB")
+    kv_memory: float | int | str | None = None
+    num_slots: int | None = None  # most sequences holding KV (running + suspended); None: what kv_memory holds
     max_prefill_tokens: int = 4096  # padded tokens per prefill forward (more requests wait a step)
     dtype: str = "float32"  # float32 | bfloat16 | float16 (weights, activations and KV)
     device: str = "cpu"  # any torch device string: cpu, cuda, cuda:1
@@ -57,10 +62,10 @@ class LocalEngineConfig:
             value = getattr(self, name)
             check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                   f"engine.{name}", value, "a positive integer")
-        if self.num_slots is None:
-            self.num_slots = 2 * self.max_batch_size
-        check(isinstance(self.num_slots, int) and not isinstance(self.num_slots, bool) and self.num_slots > 0,
-              "engine.num_slots", self.num_slots, "a positive integer or None (2 x max_batch_size)")
+        slots = self.num_slots
+        check(slots is None or (isinstance(slots, int) and not isinstance(slots, bool) and slots > 0),
+              "engine.num_slots", slots, "a positive integer or None (as many as engine.kv_memory holds)")
+        check(kv_budget.is_valid(self.kv_memory), "engine.kv_memory", self.kv_memory, kv_budget.ACCEPTED)
         check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES))
         try:
             torch.device(self.device)
@@ -89,8 +94,11 @@ class LocalEngine:
         mcfg = model.config
         head_dim = getattr(mcfg, "head_dim", None) or mcfg.hidden_size // mcfg.num_attention_heads
         self.vocab_size = mcfg.vocab_size
-        self.kv = KVCache(mcfg.num_hidden_layers, config.num_slots, mcfg.num_key_value_heads, config.max_seq_len,
-                          head_dim, dtype, self.device)
+        per_position = KVCache.bytes_per_position(mcfg.num_hidden_layers, mcfg.num_key_value_heads, head_dim, dtype)
+        positions = kv_budget.budget_positions(config.kv_memory, config.num_slots or 2 * config.max_batch_size,
+                                               config.max_seq_len, per_position, self.device)
+        self.kv = KVCache(mcfg.num_hidden_layers, mcfg.num_key_value_heads, head_dim, dtype, self.device,
+                          positions, config.max_seq_len, max_slots=config.num_slots)
         self.runner = LlamaRunner(self.model, self.kv, compile=config.compile)
         self.scheduler = Scheduler(self.kv, config.max_batch_size, config.max_prefill_tokens)
         self.stats = EngineStats()
@@ -147,6 +155,7 @@ class LocalEngine:
             completions, self._ready = self._ready, []
             completions += [self._end(s) for s in aborted]
             self.scheduler.retire(aborted)
+            self.scheduler.make_room()
             self._maybe_regroup_rows()
             num_old = len(self.scheduler.running)
             groups = self.scheduler.admit()
@@ -159,6 +168,8 @@ class LocalEngine:
             self.scheduler.retire(done)
         self.stats.num_steps += 1
         self.stats.num_evictions = self.scheduler.num_evictions
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        self.stats.num_kv_resizes = self.kv.num_resizes
         self.stats.num_kv_copies = self.kv.num_copies
         self.stats.step_s += time.perf_counter() - start
         return completions
@@ -172,6 +183,18 @@ class LocalEngine:
         while self.has_work():
             out += self.step()
         return out
+
+    def close(self) -> None:
+        """Free the KV pool (and cached CUDA blocks) now; the engine cannot step afterwards.
+
+        Example: the eval suite closes one model's engine before it loads the next.
+        """
+        self.scheduler.waiting.clear()
+        self.scheduler.running.clear()
+        self.scheduler.suspended.clear()
+        self.kv = self.runner.kv = self.scheduler.kv = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def release(self, request_id: str) -> None:
         """Drop the kept KV of finished request `request_id`; a no-op if nothing is kept under that id.
@@ -213,8 +236,10 @@ class LocalEngine:
                   "the id of a finished request that had keep_cache=True and was not released")
         bad = [i for i in request.prompt_ids if i >= self.vocab_size]
         check(not bad, "request.prompt_ids", bad[:5], f"token ids below the vocabulary size {self.vocab_size}")
-        check(request.n <= min(self.config.max_batch_size, self.config.num_slots), "request.n", request.n,
-              "at most engine.max_batch_size and engine.num_slots")
+        num_slots = self.kv.slots_at(self.kv.row_len_for(len(request.prompt_ids) + 1))
+        check(request.n <= min(self.config.max_batch_size, num_slots), "request.n", request.n,
+              f"at most engine.max_batch_size and the {num_slots} KV slots of this prompt's length "
+              "(engine.num_slots, engine.kv_memory)")
 
     def _rng(self, seed: int | None, index: int) -> random.Random:
         return random.Random(self._seed_rng.getrandbits(63) if seed is None else seed + index)
@@ -255,15 +280,16 @@ class LocalEngine:
         rows, seqs = [], []
         for r, group in enumerate(groups):
             leader = group[0]
-            # a continuation's first pending position is its last sampled token, not a prompt token
-            leader.num_prompt_tokens = leader.num_pending - (1 if leader.is_continuation else 0)
+            if not leader.output_ids:  # else a preempted sequence, recomputed mid-request: counts stand
+                # a continuation's first pending position is its last sampled token, not a prompt token
+                leader.num_prompt_tokens = leader.num_pending - (1 if leader.is_continuation else 0)
             leader.num_cached = leader.num_tokens
             for follower in group[1:]:  # n samples: share the prompt KV instead of recomputing it
                 self.kv.copy(leader.slot, follower.slot, leader.num_tokens)
                 follower.num_cached = follower.num_cached_at_start = leader.num_tokens
             rows += [r] * len(group)
             seqs += group
-        cached = sum(s.num_cached_at_start for s in seqs)
+        cached = sum(s.num_cached_at_start for s in seqs if not s.output_ids)  # not a preempted one again
         self.stats.num_cached_tokens += cached
         if rows != list(range(len(rows))):
             logits = logits[torch.tensor(rows, device=self.device)]  # (N, V): followers reuse their leader's row
