@@ -24,6 +24,7 @@ import torch
 from apr.config import ConfigError, check, fail
 from apr.engine import kv_budget
 from apr.engine.base import Completion, EngineStats, FinishReason, Request
+from apr.engine.cuda_graph import StaticDecode
 from apr.engine.kv_cache import KVCache
 from apr.engine.llama import ForwardBatch, LlamaRunner
 from apr.engine.sampler import sample
@@ -49,8 +50,11 @@ class LocalEngineConfig:
     kv_memory: float | int | str | None = None
     num_slots: int | None = None  # most sequences holding KV (running + suspended); None: what kv_memory holds
     max_prefill_tokens: int = 4096  # padded tokens per prefill forward (more requests wait a step)
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (weights, activations and KV)
     device: str = "cpu"  # any torch device string: cpu, cuda, cuda:1
+    # float32 | bfloat16 | float16 (weights, activations and KV); None: bfloat16 on CUDA, float32 on CPU
+    dtype: str | None = None
+    # replay decode steps from CUDA graphs captured per batch-size bucket (CUDA only; CPU ignores it)
+    cuda_graphs: bool = True
     compile: bool = False  # torch.compile the layer stack (dynamic shapes; slow first steps)
     # decode attention runs on chunks of this many rows, each reading only its own longest context;
     # rows are regrouped by length when that saves enough (0: one chunk, never regroup)
@@ -66,11 +70,14 @@ class LocalEngineConfig:
         check(slots is None or (isinstance(slots, int) and not isinstance(slots, bool) and slots > 0),
               "engine.num_slots", slots, "a positive integer or None (as many as engine.kv_memory holds)")
         check(kv_budget.is_valid(self.kv_memory), "engine.kv_memory", self.kv_memory, kv_budget.ACCEPTED)
-        check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES))
         try:
-            torch.device(self.device)
+            device = torch.device(self.device)
         except (RuntimeError, TypeError):
             fail("engine.device", self.device, "a torch device string such as cpu, cuda or cuda:0")
+        if self.dtype is None:
+            self.dtype = "bfloat16" if device.type == "cuda" else "float32"
+        check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES) + " or None")
+        check(isinstance(self.cuda_graphs, bool), "engine.cuda_graphs", self.cuda_graphs, "true or false")
         check(isinstance(self.compile, bool), "engine.compile", self.compile, "true or false")
         rows = self.attention_chunk_rows
         check(isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0, "engine.attention_chunk_rows",
@@ -101,13 +108,16 @@ class LocalEngine:
                           positions, config.max_seq_len, max_slots=config.num_slots)
         self.runner = LlamaRunner(self.model, self.kv, compile=config.compile)
         self.scheduler = Scheduler(self.kv, config.max_batch_size, config.max_prefill_tokens)
+        # CUDA-graph decode: not with torch.compile (its dynamic-shape code is not captured here)
+        is_graphed = config.cuda_graphs and self.device.type == "cuda" and not config.compile
+        self.static_decode = StaticDecode(self.runner, self.kv, config.max_batch_size, True) if is_graphed else None
         self.stats = EngineStats()
         self._seed_rng = random.Random(config.seed)
         self._ready: list[Completion] = []  # finished outside a forward (abort, too long), returned next step
         self._active: set[str] = set()  # ids of queued and running sequences
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str = "float32", **config) -> LocalEngine:
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str | None = None, **config) -> LocalEngine:
         """Load an HF Llama directory. Example: `LocalEngine.from_pretrained("runs/sft/model", max_batch_size=32)`."""
         from transformers import LlamaForCausalLM
 
@@ -192,7 +202,7 @@ class LocalEngine:
         self.scheduler.waiting.clear()
         self.scheduler.running.clear()
         self.scheduler.suspended.clear()
-        self.kv = self.runner.kv = self.scheduler.kv = None
+        self.kv = self.runner.kv = self.scheduler.kv = self.static_decode = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -251,9 +261,14 @@ class LocalEngine:
         self._active.discard(seq.seq_id)
         return seq.to_completion()
 
-    def _forward(self, batch: ForwardBatch) -> torch.Tensor:
+    def _forward(self, batch: ForwardBatch | None, decode: tuple[list[int], list[int]] | None = None
+                 ) -> torch.Tensor:
+        """Run `batch`, or a fixed-shape decode of (token ids, positions) on `static_decode`."""
         start = time.perf_counter()
-        logits = self.runner.forward(batch)  # (B, V)
+        if batch is None:
+            logits = self.static_decode.forward(*decode)  # (B, V)
+        else:
+            logits = self.runner.forward(batch)  # (B, V)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # otherwise the time lands in sampling
         self.stats.forward_s += time.perf_counter() - start
@@ -307,7 +322,7 @@ class LocalEngine:
         """
         rows = self.config.attention_chunk_rows
         running = self.scheduler.running
-        if not rows or len(running) <= rows:
+        if not rows or len(running) <= rows or self.static_decode is not None:  # graphs read whole rows
             return
         lens = [s.num_cached + 1 for s in running]
         now = sum((b - a) * n for a, b, n in self._chunks(lens))
@@ -322,7 +337,11 @@ class LocalEngine:
     def _decode(self, seqs: list[Sequence]) -> None:
         num = len(seqs)
         pos = [s.num_cached for s in seqs]
-        ids = torch.tensor([s.token_ids[-1] for s in seqs], device=self.device).view(num, 1)  # (B, 1)
+        last = [s.token_ids[-1] for s in seqs]
+        if self.static_decode is not None and self.static_decode.can_run(num):
+            self._finish_decode(self._forward(None, (last, pos)), seqs)  # (B, V)
+            return
+        ids = torch.tensor(last, device=self.device).view(num, 1)  # (B, 1)
         positions = torch.tensor(pos, device=self.device).view(num, 1)  # (B, 1)
         kv_len = positions[:, 0] + 1  # (B,)
         chunks = self._chunks([p + 1 for p in pos])
@@ -331,7 +350,9 @@ class LocalEngine:
         batch = ForwardBatch(ids, positions, 0, kv_len, max(pos) + 1,
                              torch.zeros(num, dtype=torch.long, device=self.device),
                              chunks=chunks if len(chunks) > 1 and is_worth else None)
-        logits = self._forward(batch)  # (B, V)
+        self._finish_decode(self._forward(batch), seqs)  # (B, V)
+
+    def _finish_decode(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         for seq in seqs:
             seq.num_cached += 1
         self.stats.num_decode_tokens += len(seqs)
