@@ -48,6 +48,7 @@ class KVCache:
         self.row_len = 0
         self.num_slots = 0
         self.owner: list[object | None] = []
+        self.num_live = 0  # slots with an owner
         self.num_copies = 0
         self.num_resizes = 0
         self._set_layout(self.row_len_for(1))
@@ -117,23 +118,25 @@ class KVCache:
 
     # ---- slots -------------------------------------------------------------------------------
 
+    # short rows can mean tens of thousands of slots: counts are kept, not recounted per call
+
     @property
     def num_free(self) -> int:
-        return sum(o is None for o in self.owner)
+        return self.num_slots - self.num_live
 
-    @property
-    def num_live(self) -> int:
-        return self.num_slots - self.num_free
-
-    def free_slots(self) -> list[int]:
-        return [s for s, o in enumerate(self.owner) if o is None]
+    def highest_free_slot(self) -> int:
+        """The free slot least likely to be wanted by the batch rows next (scans from the top)."""
+        return next(s for s in range(self.num_slots - 1, -1, -1) if self.owner[s] is None)
 
     def assign(self, slot: int, owner: object) -> None:
         assert self.owner[slot] is None, f"slot {slot} is taken"
         self.owner[slot] = owner
+        self.num_live += 1
 
     def free(self, slot: int) -> None:
-        self.owner[slot] = None
+        if self.owner[slot] is not None:
+            self.owner[slot] = None
+            self.num_live -= 1
 
     def copy(self, src: int, dst: int, num_positions: int) -> None:
         """Copy the first `num_positions` positions of slot `src` into slot `dst` (all layers)."""

@@ -107,9 +107,11 @@ class Scheduler:
 
     def _maybe_shrink(self) -> None:
         """Halve rows (or more), doubling their number, when requests wait and every live sequence fits."""
-        if not self.waiting:
+        if not self.waiting or 2 * self.kv.row_len_for(self.waiting[0][0].num_tokens) > self.kv.row_len:
             return
-        lengths = [s.num_tokens if s.status is SeqStatus.RUNNING else s.num_cached for s in self.kv.owner if s]
+        kept = [s for s in self.suspended.values() if s.slot is not None]
+        queued = [s for g in self.waiting for s in g if s.slot is not None]
+        lengths = [s.num_tokens for s in self.running] + [s.num_cached for s in kept + queued]
         row_len = self.kv.row_len_for(max(lengths + [self.waiting[0][0].num_tokens]))
         if 2 * row_len <= self.kv.row_len:
             self._resize(row_len)
@@ -151,7 +153,7 @@ class Scheduler:
             return
         if occupant is not None:  # a suspended (or not yet placed) sequence: move it out of the way
             # the highest free slot is the least likely to be wanted by the batch rows next
-            self._swap(row, max(self.kv.free_slots()))
+            self._swap(row, self.kv.highest_free_slot())
         self.kv.assign(row, seq)
         seq.slot = row
 
