@@ -53,7 +53,7 @@ class StaticDecode:
         self._host = torch.zeros(3, n, dtype=torch.long, pin_memory=device.type == "cuda")  # (3, Bmax)
         self._inputs = torch.zeros(3, n, dtype=torch.long, device=device)  # (3, Bmax)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._weights_id = id(runner.layers)
+        self._weights_version = runner.weights_version
         self._pool = None
         self.num_captures = 0
         self.num_steps = 0
@@ -76,9 +76,9 @@ class StaticDecode:
         self._inputs[:, :bucket].copy_(host[:, :bucket], non_blocking=True)
         if not self.capture:
             return self._run(bucket)[:num]  # (B, V)
-        if id(self.runner.layers) != self._weights_id:  # parameters were replaced: graphs hold the old ones
+        if self.runner.weights_version != self._weights_version:  # parameters replaced: graphs hold the old
             self._graphs.clear()
-            self._weights_id = id(self.runner.layers)
+            self._weights_version = self.runner.weights_version
         key = (bucket, self.kv.row_len)
         if key not in self._graphs:
             self._graphs[key] = self._capture(bucket)

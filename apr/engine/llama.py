@@ -125,6 +125,7 @@ class LlamaRunner:
     def refresh_weights(self) -> None:
         """Re-read the model's parameter tensors; needed only if parameters were replaced, not updated in place."""
         m = self.model.model
+        self.weights_version = getattr(self, "weights_version", -1) + 1  # CUDA graphs recapture on a change
         self.embed = m.embed_tokens.weight
         self.final_norm = m.norm.weight
         self.head, self.head_bias = self.model.lm_head.weight, self.model.lm_head.bias

@@ -84,7 +84,12 @@ def test_cuda_graph_replay_matches_eager_and_hf_generate():
                                                       dtype="float32", cuda_graphs=graphs))
         assert (engine.static_decode is not None) == graphs
         outs.append(run_workload(engine, prompts))
-    assert engine.static_decode.num_captures >= 2  # several buckets and row lengths
+    num_captures = engine.static_decode.num_captures
+    assert num_captures >= 2  # several buckets and row lengths
+    engine.runner.refresh_weights()  # replaced parameters: the graphs are captured again
+    engine.submit(Request("again", prompts[0], SamplingParams(temperature=0.0, max_new_tokens=4)))
+    assert engine.run_until_done()[0].output_ids[:3] == outs[0][0]["a0"].output_ids  # a0 made 3 tokens
+    assert engine.static_decode.num_captures > num_captures
     eager, graphed = outs
     for a, b in zip(eager, graphed):
         assert {k: c.output_ids for k, c in a.items()} == {k: c.output_ids for k, c in b.items()}
