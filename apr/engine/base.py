@@ -162,6 +162,8 @@ class EngineStats:
     num_cached_tokens: int = 0  # prompt positions reused from kept or shared KV
     num_kv_copies: int = 0  # sequence KV moved between slots (row compaction, n-sample sharing)
     num_evictions: int = 0  # suspended caches dropped for room (re-prefilled on resume)
+    num_preemptions: int = 0  # running sequences whose KV was dropped for room (recomputed, nothing lost)
+    num_kv_resizes: int = 0  # KV pool re-laid to another row length (local engine)
     num_regroups: int = 0  # batch rows regrouped by length for chunked attention
     forward_s: float = 0.0  # wall time inside model forwards (embedding to logits)
     step_s: float = 0.0  # wall time inside `step` (forward + sampling + scheduling)

@@ -38,6 +38,9 @@ class ForwardBatch:
     # attention row chunks (start, end, kv_len to read); None: one chunk reading max_kv_len. With
     # rows sorted by length, short rows then skip the padding up to the batch's longest row
     chunks: list[tuple[int, int, int]] | None = None
+    # (B,) bool, decode only: rows whose new KV is written; False rows (CUDA-graph bucket padding)
+    # write back what their row already holds at that position. None: every row is real
+    is_real: torch.Tensor | None = None
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -122,6 +125,7 @@ class LlamaRunner:
     def refresh_weights(self) -> None:
         """Re-read the model's parameter tensors; needed only if parameters were replaced, not updated in place."""
         m = self.model.model
+        self.weights_version = getattr(self, "weights_version", -1) + 1  # CUDA graphs recapture on a change
         self.embed = m.embed_tokens.weight
         self.final_norm = m.norm.weight
         self.head, self.head_bias = self.model.lm_head.weight, self.model.lm_head.bias
@@ -139,10 +143,11 @@ class LlamaRunner:
         mask = mask.unsqueeze(1)  # (B, 1, T or 1, Tk)
         if batch.valid is None:
             rows = torch.arange(batch.input_ids.shape[0], device=h.device)  # (B,)
-            write = (rows, batch.positions[:, 0], None, None)
+            pad = None if batch.is_real is None else ~batch.is_real[:, None, None]  # (B, 1, 1)
+            write = (rows, batch.positions[:, 0], None, None, pad)
         else:
             b_idx, t_idx = batch.valid.nonzero(as_tuple=True)  # (N,), (N,)
-            write = (b_idx, batch.positions[b_idx, t_idx], b_idx, t_idx)
+            write = (b_idx, batch.positions[b_idx, t_idx], b_idx, t_idx, None)
         chunks = batch.chunks or [(0, batch.input_ids.shape[0], batch.max_kv_len)]
         h = self._layers_fn(h, cos, sin, mask, write, batch.row_start, chunks)
         last = h[torch.arange(h.shape[0], device=h.device), batch.last_index]  # (B, C)
@@ -152,7 +157,7 @@ class LlamaRunner:
     def _run_layers(self, h, cos, sin, mask, write, row_start: int, chunks: list[tuple[int, int, int]]):
         B, T, _ = h.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        rows, pos, b_idx, t_idx = write
+        rows, pos, b_idx, t_idx, pad = write
         for i, w in enumerate(self.layers):
             x = _rms_norm(h, w.ln1, self.eps)  # (B, T, C)
             q = F.linear(x, w.q, w.q_bias).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -163,8 +168,12 @@ class LlamaRunner:
             k_cache = self.kv.k[i, row_start:row_start + B]  # (B, Hkv, Tmax, D) view
             v_cache = self.kv.v[i, row_start:row_start + B]  # (B, Hkv, Tmax, D) view
             if b_idx is None:
-                k_cache[rows, :, pos] = k[:, :, 0]  # (B, Hkv, D) into each row's position
-                v_cache[rows, :, pos] = v[:, :, 0]
+                k_new, v_new = k[:, :, 0], v[:, :, 0]  # (B, Hkv, D) for each row's position
+                if pad is not None:  # padding rows keep what is there: a read-modify-write, no branch
+                    k_new = torch.where(pad, k_cache[rows, :, pos], k_new)  # (B, Hkv, D)
+                    v_new = torch.where(pad, v_cache[rows, :, pos], v_new)  # (B, Hkv, D)
+                k_cache[rows, :, pos] = k_new
+                v_cache[rows, :, pos] = v_new
             else:
                 k_cache[rows, :, pos] = k[b_idx, :, t_idx]  # (N, Hkv, D): real tokens only
                 v_cache[rows, :, pos] = v[b_idx, :, t_idx]

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from apr.config import check, fail
+from apr.engine import kv_budget
 from apr.engine.base import Completion, EngineStats, FinishReason, Request, validate_request
+from apr.engine.cuda_graph import StaticDecode
 from apr.engine.kv_cache import KVCache
 from apr.engine.llama import ForwardBatch, LlamaRunner
 from apr.engine.sampler import sample
@@ -36,18 +38,25 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class LocalEngineConfig:
     """Sizes and placement of the local engine (validated; errors name `engine.<field>`).
 
-    KV memory = num_slots x max_seq_len x layers x 2 x kv_heads x head_dim x dtype bytes
-    (tiny preset, 128 slots x 2,048 positions, fp32: 1 GiB).
+    KV memory is a budget (`kv_memory`, see `apr.engine.kv_budget`): one position costs
+    layers x 2 x kv_heads x head_dim x dtype bytes (tiny preset, fp32: 4 KiB), and sequences
+    hold rows as long as the longest live one needs, not `max_seq_len` each (`kv_cache`).
     """
 
     max_batch_size: int = 64  # sequences decoded together in one forward
     # positions per sequence (prompt + generated + appended); None: the command's thread window, filled
     # in by `apr.engine.config.with_window` before an engine is built
     max_seq_len: int | None = 2048
-    num_slots: int | None = None  # KV slots, running + suspended sequences; None: 2 x max_batch_size
+    # KV budget: None (num_slots x max_seq_len, at most half the free memory), a fraction of the
+    # free memory in (0, 1], or bytes (int, or a string such as "8GiB")
+    kv_memory: float | int | str | None = None
+    num_slots: int | None = None  # most sequences holding KV (running + suspended); None: what kv_memory holds
     max_prefill_tokens: int = 4096  # padded tokens per prefill forward (more requests wait a step)
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (weights, activations and KV)
     device: str = "cpu"  # any torch device string: cpu, cuda, cuda:1
+    # float32 | bfloat16 | float16 (weights, activations and KV); None: bfloat16 on CUDA, float32 on CPU
+    dtype: str | None = None
+    # replay decode steps from CUDA graphs captured per batch-size bucket (CUDA only; CPU ignores it)
+    cuda_graphs: bool = True
     compile: bool = False  # torch.compile the layer stack (dynamic shapes; slow first steps)
     # decode attention runs on chunks of this many rows, each reading only its own longest context;
     # rows are regrouped by length when that saves enough (0: one chunk, never regroup)
@@ -61,15 +70,18 @@ class LocalEngineConfig:
                 continue
             check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                   f"engine.{name}", value, "a positive integer")
-        if self.num_slots is None:
-            self.num_slots = 2 * self.max_batch_size
-        check(isinstance(self.num_slots, int) and not isinstance(self.num_slots, bool) and self.num_slots > 0,
-              "engine.num_slots", self.num_slots, "a positive integer or None (2 x max_batch_size)")
-        check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES))
+        slots = self.num_slots
+        check(slots is None or (isinstance(slots, int) and not isinstance(slots, bool) and slots > 0),
+              "engine.num_slots", slots, "a positive integer or None (as many as engine.kv_memory holds)")
+        check(kv_budget.is_valid(self.kv_memory), "engine.kv_memory", self.kv_memory, kv_budget.ACCEPTED)
         try:
-            torch.device(self.device)
+            device = torch.device(self.device)
         except (RuntimeError, TypeError):
             fail("engine.device", self.device, "a torch device string such as cpu, cuda or cuda:0")
+        if self.dtype is None:
+            self.dtype = "bfloat16" if device.type == "cuda" else "float32"
+        check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES) + " or None")
+        check(isinstance(self.cuda_graphs, bool), "engine.cuda_graphs", self.cuda_graphs, "true or false")
         check(isinstance(self.compile, bool), "engine.compile", self.compile, "true or false")
         rows = self.attention_chunk_rows
         check(isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0, "engine.attention_chunk_rows",
@@ -95,17 +107,23 @@ class LocalEngine:
         mcfg = model.config
         head_dim = getattr(mcfg, "head_dim", None) or mcfg.hidden_size // mcfg.num_attention_heads
         self.vocab_size = mcfg.vocab_size
-        self.kv = KVCache(mcfg.num_hidden_layers, config.num_slots, mcfg.num_key_value_heads, config.max_seq_len,
-                          head_dim, dtype, self.device)
+        per_position = KVCache.bytes_per_position(mcfg.num_hidden_layers, mcfg.num_key_value_heads, head_dim, dtype)
+        positions = kv_budget.budget_positions(config.kv_memory, config.num_slots or 2 * config.max_batch_size,
+                                               config.max_seq_len, per_position, self.device)
+        self.kv = KVCache(mcfg.num_hidden_layers, mcfg.num_key_value_heads, head_dim, dtype, self.device,
+                          positions, config.max_seq_len, max_slots=config.num_slots)
         self.runner = LlamaRunner(self.model, self.kv, compile=config.compile)
         self.scheduler = Scheduler(self.kv, config.max_batch_size, config.max_prefill_tokens)
+        # CUDA-graph decode: not with torch.compile (its dynamic-shape code is not captured here)
+        is_graphed = config.cuda_graphs and self.device.type == "cuda" and not config.compile
+        self.static_decode = StaticDecode(self.runner, self.kv, config.max_batch_size, True) if is_graphed else None
         self.stats = EngineStats()
         self._seed_rng = random.Random(config.seed)
         self._ready: list[Completion] = []  # finished outside a forward (abort, too long), returned next step
         self._active: set[str] = set()  # ids of queued and running sequences
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str = "float32", **config) -> LocalEngine:
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str | None = None, **config) -> LocalEngine:
         """Load an HF Llama directory. Example: `LocalEngine.from_pretrained("runs/sft/model", max_batch_size=32)`."""
         from transformers import LlamaForCausalLM
 
@@ -153,6 +171,7 @@ class LocalEngine:
             completions, self._ready = self._ready, []
             completions += [self._end(s) for s in aborted]
             self.scheduler.retire(aborted)
+            self.scheduler.make_room()
             self._maybe_regroup_rows()
             num_old = len(self.scheduler.running)
             groups = self.scheduler.admit()
@@ -165,6 +184,8 @@ class LocalEngine:
             self.scheduler.retire(done)
         self.stats.num_steps += 1
         self.stats.num_evictions = self.scheduler.num_evictions
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        self.stats.num_kv_resizes = self.kv.num_resizes
         self.stats.num_kv_copies = self.kv.num_copies
         self.stats.step_s += time.perf_counter() - start
         return completions
@@ -178,6 +199,18 @@ class LocalEngine:
         while self.has_work():
             out += self.step()
         return out
+
+    def close(self) -> None:
+        """Free the KV pool (and cached CUDA blocks) now; the engine cannot step afterwards.
+
+        Example: the eval suite closes one model's engine before it loads the next.
+        """
+        self.scheduler.waiting.clear()
+        self.scheduler.running.clear()
+        self.scheduler.suspended.clear()
+        self.kv = self.runner.kv = self.scheduler.kv = self.static_decode = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def release(self, request_id: str) -> None:
         """Drop the kept KV of finished request `request_id`; a no-op if nothing is kept under that id.
@@ -209,8 +242,10 @@ class LocalEngine:
 
     def _validate(self, request: Request) -> None:
         validate_request(request, self._active, self.scheduler.suspended, self.vocab_size)
-        check(request.n <= min(self.config.max_batch_size, self.config.num_slots), "request.n", request.n,
-              "at most engine.max_batch_size and engine.num_slots")
+        num_slots = self.kv.slots_at(self.kv.row_len_for(len(request.prompt_ids) + 1))
+        check(request.n <= min(self.config.max_batch_size, num_slots), "request.n", request.n,
+              f"at most engine.max_batch_size and the {num_slots} KV slots of this prompt's length "
+              "(engine.num_slots, engine.kv_memory)")
 
     def _rng(self, seed: int | None, index: int) -> random.Random:
         return random.Random(self._seed_rng.getrandbits(63) if seed is None else seed + index)
@@ -222,9 +257,14 @@ class LocalEngine:
         self._active.discard(seq.seq_id)
         return seq.to_completion()
 
-    def _forward(self, batch: ForwardBatch) -> torch.Tensor:
+    def _forward(self, batch: ForwardBatch | None, decode: tuple[list[int], list[int]] | None = None
+                 ) -> torch.Tensor:
+        """Run `batch`, or a fixed-shape decode of (token ids, positions) on `static_decode`."""
         start = time.perf_counter()
-        logits = self.runner.forward(batch)  # (B, V)
+        if batch is None:
+            logits = self.static_decode.forward(*decode)  # (B, V)
+        else:
+            logits = self.runner.forward(batch)  # (B, V)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # otherwise the time lands in sampling
         self.stats.forward_s += time.perf_counter() - start
@@ -251,15 +291,16 @@ class LocalEngine:
         rows, seqs = [], []
         for r, group in enumerate(groups):
             leader = group[0]
-            # a continuation's first pending position is its last sampled token, not a prompt token
-            leader.num_prompt_tokens = leader.num_pending - (1 if leader.is_continuation else 0)
+            if not leader.output_ids:  # else a preempted sequence, recomputed mid-request: counts stand
+                # a continuation's first pending position is its last sampled token, not a prompt token
+                leader.num_prompt_tokens = leader.num_pending - (1 if leader.is_continuation else 0)
             leader.num_cached = leader.num_tokens
             for follower in group[1:]:  # n samples: share the prompt KV instead of recomputing it
                 self.kv.copy(leader.slot, follower.slot, leader.num_tokens)
                 follower.num_cached = follower.num_cached_at_start = leader.num_tokens
             rows += [r] * len(group)
             seqs += group
-        cached = sum(s.num_cached_at_start for s in seqs)
+        cached = sum(s.num_cached_at_start for s in seqs if not s.output_ids)  # not a preempted one again
         self.stats.num_cached_tokens += cached
         if rows != list(range(len(rows))):
             logits = logits[torch.tensor(rows, device=self.device)]  # (N, V): followers reuse their leader's row
@@ -277,7 +318,7 @@ class LocalEngine:
         """
         rows = self.config.attention_chunk_rows
         running = self.scheduler.running
-        if not rows or len(running) <= rows:
+        if not rows or len(running) <= rows or self.static_decode is not None:  # graphs read whole rows
             return
         lens = [s.num_cached + 1 for s in running]
         now = sum((b - a) * n for a, b, n in self._chunks(lens))
@@ -292,7 +333,11 @@ class LocalEngine:
     def _decode(self, seqs: list[Sequence]) -> None:
         num = len(seqs)
         pos = [s.num_cached for s in seqs]
-        ids = torch.tensor([s.token_ids[-1] for s in seqs], device=self.device).view(num, 1)  # (B, 1)
+        last = [s.token_ids[-1] for s in seqs]
+        if self.static_decode is not None and self.static_decode.can_run(num):
+            self._finish_decode(self._forward(None, (last, pos)), seqs)  # (B, V)
+            return
+        ids = torch.tensor(last, device=self.device).view(num, 1)  # (B, 1)
         positions = torch.tensor(pos, device=self.device).view(num, 1)  # (B, 1)
         kv_len = positions[:, 0] + 1  # (B,)
         chunks = self._chunks([p + 1 for p in pos])
@@ -301,7 +346,9 @@ class LocalEngine:
         batch = ForwardBatch(ids, positions, 0, kv_len, max(pos) + 1,
                              torch.zeros(num, dtype=torch.long, device=self.device),
                              chunks=chunks if len(chunks) > 1 and is_worth else None)
-        logits = self._forward(batch)  # (B, V)
+        self._finish_decode(self._forward(batch), seqs)  # (B, V)
+
+    def _finish_decode(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         for seq in seqs:
             seq.num_cached += 1
         self.stats.num_decode_tokens += len(seqs)

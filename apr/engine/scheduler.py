@@ -5,7 +5,9 @@ rows `[0, B)` as one view. Admission places newcomers in rows `[B, B + k)` (grou
 first, n-sample followers after them); retirement fills holes left by finished sequences with
 the last running ones. When every slot is taken, a new request waits; if suspended sequences
 hold the slots, the least recently used one is evicted (its KV dropped, its tokens kept,
-re-prefilled when resumed), so a full pool never deadlocks.
+re-prefilled when resumed), so a full pool never deadlocks. Slots are as long as the longest
+live sequence needs (`KVCache.row_len`): when a running sequence outgrows them, rows grow and,
+if the budget then holds fewer rows than the batch, the last ones are preempted (`make_room`).
 
     >>> sched = Scheduler(kv, max_batch_size=64, max_prefill_tokens=4096)   # doctest: +SKIP
     >>> sched.add([seq]); groups = sched.admit()                            # doctest: +SKIP
@@ -30,6 +32,7 @@ class Scheduler:
         self.running: list[Sequence] = []  # running[i].slot == i
         self.suspended: dict[str, Sequence] = {}  # by the id of the request that left them
         self.num_evictions = 0
+        self.num_preemptions = 0
         self.num_steps = 0
 
     # ---- admission -------------------------------------------------------------------------
@@ -38,12 +41,19 @@ class Scheduler:
         self.waiting.append(group)
 
     def admit(self) -> list[list[Sequence]]:
-        """Move queued groups into the batch (FIFO) while batch, slots and prefill budget allow."""
+        """Move queued groups into the batch (FIFO) while batch, KV slots and prefill budget allow.
+
+        Slots are counted at the row length the batch would need with the group in it; kept
+        caches of suspended sequences are evicted (least recently used first) to make room.
+        """
         self.num_steps += 1
+        self._maybe_shrink()
         chosen: list[list[Sequence]] = []
         num_rows = len(self.running)
         num_new_slots = 0
         max_pending = 0
+        need = max((s.num_tokens for s in self.running), default=0)
+        num_evictable = sum(s.slot is not None for s in self.suspended.values())
         while self.waiting:
             group = self.waiting[0]
             if num_rows + len(group) > self.max_batch_size:
@@ -52,28 +62,79 @@ class Scheduler:
             # padded prefill cost: every leader row is padded to the longest one
             if chosen and pending * (len(chosen) + 1) > self.max_prefill_tokens:
                 break
-            need = num_new_slots + sum(s.slot is None for s in group)
-            if need > self.kv.num_free and not self._evict(need - self.kv.num_free):
+            group_need = max(need, group[0].num_tokens)
+            new_slots = num_new_slots + sum(s.slot is None for s in group)
+            num_slots = self.kv.slots_at(max(self.kv.row_len, self.kv.row_len_for(group_need)))
+            if self.kv.num_live + new_slots > num_slots + num_evictable:
                 break
             self.waiting.popleft()
             chosen.append(group)
             num_rows += len(group)
-            num_new_slots = need
-            max_pending = pending
+            num_new_slots, max_pending, need = new_slots, pending, group_need
         if chosen:
+            row_len = max(self.kv.row_len, self.kv.row_len_for(need))
+            self._evict(self.kv.num_live + num_new_slots - self.kv.slots_at(row_len))
+            self._resize(row_len)
             self._place(chosen)
         return chosen
 
-    def _evict(self, count: int) -> bool:
-        """Drop the KV of `count` least recently used suspended sequences; False if too few."""
-        victims = sorted((s for s in self.suspended.values() if s.slot is not None), key=lambda s: s.last_used)
-        if len(victims) < count:
-            return False
-        for seq in victims[:count]:
-            self.kv.free(seq.slot)
-            seq.slot, seq.num_cached = None, 0
+    def make_room(self) -> None:
+        """Grow rows to the running batch's longest sequence before a step's forwards.
+
+        Longer rows mean fewer of them: kept caches are evicted first (least recently used),
+        then queued resumed sequences lose theirs, and if the running batch itself no longer
+        fits, its last rows are preempted: their KV is dropped and they wait at the head of
+        the queue to be recomputed (tokens, log-probs and sampling state are kept). Nothing
+        is lost; a sequence at the window always fits (the budget holds one).
+        """
+        need = max((s.num_tokens for s in self.running), default=0)
+        row_len = self.kv.row_len_for(need)
+        if row_len <= self.kv.row_len:
+            return
+        num_slots = self.kv.slots_at(row_len)
+        self._evict(self.kv.num_live - num_slots)
+        queued = [s for g in self.waiting for s in g if s.slot is not None]
+        for seq in queued[:max(0, self.kv.num_live - num_slots)]:
+            self._drop_kv(seq)
             self.num_evictions += 1
-        return True
+        for seq in reversed(self.running[num_slots:]):
+            self._drop_kv(seq)
+            seq.status = SeqStatus.WAITING
+            self.waiting.appendleft([seq])
+            self.num_preemptions += 1
+        del self.running[num_slots:]
+        self._resize(row_len)
+
+    def _maybe_shrink(self) -> None:
+        """Halve rows (or more), doubling their number, when requests wait and every live sequence fits."""
+        if not self.waiting or 2 * self.kv.row_len_for(self.waiting[0][0].num_tokens) > self.kv.row_len:
+            return
+        kept = [s for s in self.suspended.values() if s.slot is not None]
+        queued = [s for g in self.waiting for s in g if s.slot is not None]
+        lengths = [s.num_tokens for s in self.running] + [s.num_cached for s in kept + queued]
+        row_len = self.kv.row_len_for(max(lengths + [self.waiting[0][0].num_tokens]))
+        if 2 * row_len <= self.kv.row_len:
+            self._resize(row_len)
+
+    def _resize(self, row_len: int) -> None:
+        if row_len != self.kv.row_len:
+            self.kv.resize(row_len, [s.num_cached if s is not None else 0 for s in self.kv.owner])
+            for slot, seq in enumerate(self.kv.owner):
+                if seq is not None:
+                    seq.slot = slot
+
+    def _drop_kv(self, seq: Sequence) -> None:
+        self.kv.free(seq.slot)
+        seq.slot, seq.num_cached = None, 0
+
+    def _evict(self, count: int) -> None:
+        """Drop the KV of up to `count` least recently used suspended sequences (re-prefilled on resume)."""
+        if count <= 0:
+            return
+        victims = sorted((s for s in self.suspended.values() if s.slot is not None), key=lambda s: s.last_used)
+        for seq in victims[:count]:
+            self._drop_kv(seq)
+            self.num_evictions += 1
 
     def _place(self, groups: list[list[Sequence]]) -> None:
         order = [g[0] for g in groups] + [s for g in groups for s in g[1:]]
@@ -92,7 +153,7 @@ class Scheduler:
             return
         if occupant is not None:  # a suspended (or not yet placed) sequence: move it out of the way
             # the highest free slot is the least likely to be wanted by the batch rows next
-            self._swap(row, max(self.kv.free_slots()))
+            self._swap(row, self.kv.highest_free_slot())
         self.kv.assign(row, seq)
         seq.slot = row
 

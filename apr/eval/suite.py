@@ -95,5 +95,8 @@ def run_suite(models: dict[str, str], load: Callable[[str], object], problems: S
                                desc=f"{name} {setting.name}")
             settings[setting.name] = summarize_setting(records, setting, cfg.windows)
         summary["models"][name] = {"path": str(path), "settings": settings}
+        close = getattr(getattr(reasoner, "engine", None), "close", None)
+        if close is not None:  # free this model's KV (or server) before the next model loads
+            close()
         del reasoner
     return summary

@@ -85,7 +85,9 @@ def test_greedy_matches_hf_on_cuda():
     from apr.engine import LocalEngine, LocalEngineConfig
 
     model = tiny_model().cuda()
-    engine = LocalEngine(model, LocalEngineConfig(max_batch_size=8, max_seq_len=128, device="cuda"))
+    # fp32: the CUDA default is bf16; graphs on (the default) for the decode steps
+    cfg = LocalEngineConfig(max_batch_size=8, max_seq_len=128, device="cuda", dtype="float32")
+    engine = LocalEngine(model, cfg)
     prompts = random_prompts(LENGTHS)
     for i, p in enumerate(prompts):
         engine.submit(Request(f"r{i}", p, SamplingParams(temperature=0.0, max_new_tokens=16)))

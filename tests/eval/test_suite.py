@@ -127,3 +127,19 @@ def test_run_suite_writes_records_per_setting_and_resumes(tmp_path, scripted):
     assert again == summary and all(r.engine.stats.num_steps == 0 for r in loaded)
     with pytest.raises(ConfigError, match="models.sosp"):
         run_suite({"sosp": "ckpt/other"}, load, problems, cfg, tmp_path, data={"split": "test"})
+
+
+def test_run_suite_closes_each_engine_before_the_next_loads(tmp_path, scripted):
+    problems, _, make = scripted
+    cfg = EvalConfig(max_thread_tokens=100_000, windows=(100_000,), temperatures=(0.0,), batch_size=4,
+                     progress=False)
+    events = []
+
+    def load(path):
+        events.append(f"load {path}")
+        reasoner = make()
+        reasoner.engine.close = lambda: events.append(f"close {path}")
+        return reasoner
+
+    run_suite({"sosp": "ckpt/s", "apr": "ckpt/a"}, load, problems, cfg, tmp_path)
+    assert events == ["load ckpt/s", "close ckpt/s", "load ckpt/a", "close ckpt/a"]
