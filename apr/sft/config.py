@@ -71,6 +71,9 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # optimizer steps; None: num_epochs over the training rows
     num_epochs: int = 1
+    # minutes of training (apr.sft.budget): the schedule follows the clock and the run ends, finished,
+    # at the deadline; max_steps (if set) still caps the steps, num_epochs is not used. None: by steps
+    max_minutes: float | None = None
     num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     # torch.compile the training forward (strategy torch): ~1.3x for the tiny model on this CPU after
     # ~40 s of compiling; falls back to eager, with a warning, where compiling fails (no C++ compiler).
@@ -85,6 +88,8 @@ class TrainConfig:
         check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", self.max_steps,
               "null or a positive integer")
         check(self.num_epochs >= 1, "train.num_epochs", self.num_epochs, "a positive integer")
+        check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes", self.max_minutes,
+              "null or a positive number of minutes")
         check(self.num_threads >= 0, "train.num_threads", self.num_threads, "an integer >= 0")
 
 
