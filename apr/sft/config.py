@@ -28,9 +28,13 @@ class SFTDataConfig:
     solved_only: bool = False  # keep only traces whose search found the answer
     max_train_records: int | None = None  # first N training traces (None: all)
     max_val_records: int | None = 200  # first N validation traces for the validation loss
+    # read threads from the token cache beside the traces (apr.datagen.token_cache; built on first use)
+    token_cache: bool = True
+    num_workers: int = 0  # processes that render a trace file into the cache (0: every CPU)
 
     def __post_init__(self) -> None:
         check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "an integer >= 8")
+        check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0 (0: every CPU)")
         check(0.0 <= self.max_dropped_frac <= 1.0, "data.max_dropped_frac", self.max_dropped_frac,
               "a fraction in [0, 1]")
         for name in ("max_train_records", "max_val_records"):
