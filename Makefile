@@ -102,16 +102,18 @@ lint: $(STAMP)
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/bench_datagen.py
 
+# DEVICE=cuda runs a benchmark on the GPU (both sides of each comparison on the same device)
+DEVICE ?= cpu
 bench-engine: $(STAMP)
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_engine.py --device $(DEVICE)
 
 bench-sft: $(STAMP)
-	$(BIN)/python benchmarks/bench_sft.py
+	$(BIN)/python benchmarks/bench_sft.py --device $(DEVICE)
 
 # One GRPO step against TRL's GRPOTrainer; TRL comes from the `bench` extra (never a required dependency).
 bench-rl: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python benchmarks/bench_rl.py
+	$(BIN)/python benchmarks/bench_rl.py --device $(DEVICE) $(if $(filter cpu,$(DEVICE)),,--dist none)
 
 # removes the virtualenv and caches; trained runs (runs/) and data (data/) are kept
 clean:
