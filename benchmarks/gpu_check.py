@@ -240,7 +240,8 @@ def targets(res: dict, windows: tuple[int, ...]) -> dict:
 def to_markdown(res: dict) -> str:
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     secs = res["stage_s"]
-    md = [f"gpu-check on {res['device_name']} ({'toy sizes' if res['toy'] else f'MINUTES={res['minutes']}'}), "
+    size = "toy sizes" if res["toy"] else f"MINUTES={res['minutes']}"
+    md = [f"gpu-check on {res['device_name']} ({size}), "
           f"commit {res['commit']}, {res['wall_s']:.0f} s in all", "",
           "| stage | seconds | result |", "|---|---|---|",
           f"| data | {secs.get('data', 0):.0f} | N=4, {res['sizes']['num_train']:,} train / "

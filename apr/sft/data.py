@@ -28,7 +28,6 @@ from apr.search.trace import ThreadTrace
 from apr.sft.config import SFTDataConfig
 
 
-
 @dataclass
 class Sequence:
     """One thread as a training sequence."""
