@@ -10,7 +10,7 @@ packed batches, bf16 autocast, sides interleaved A B A B, medians of tokens/s (n
 per second of step time; the first 2 steps of each side are warm-up and not counted).
 Packing: share of non-padding tokens in an epoch of packed rows, per solver and window.
 Time to first step: a fresh process runs `Trainer.fit` for one step of the N=4 APR recipe
-(`small`, rows of 2,048) and reports setup (data, model, packing) + the first step, with threads
+(`small`, one row of 2,048) and reports setup (data, model, packing) + the first step, with threads
 rendered at start (`data.token_cache=false`, the old path) and read from the token cache (built
 once before, not timed; its build time is reported apart), alternated A B A B, medians.
 Writes runs/bench/sft.json and runs/bench/sft.md.
@@ -153,7 +153,8 @@ def packing(data_dir: Path, label: str, windows: list[int]) -> list[dict]:
 
 
 def ttfs_once(data_dir: Path, token_cache: bool, device: str) -> dict:
-    """One start of the N=4 APR recipe's shape (`small`, 8 rows of 2,048) in this process: setup + step 1."""
+    """One start of the N=4 APR recipe's model and window (`small`, rows of 2,048; one row per step, so that
+    the step itself is a small part of the figure) in this process: setup + step 1."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -164,7 +165,7 @@ def ttfs_once(data_dir: Path, token_cache: bool, device: str) -> dict:
     tok = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     run = Path(tempfile.mkdtemp(prefix="bench_ttfs_"))
     try:
-        cfg = sft_config(data_dir, run, "small", 2048, 8, 1, device, solver="apr", token_cache=token_cache,
+        cfg = sft_config(data_dir, run, "small", 2048, 1, 1, device, solver="apr", token_cache=token_cache,
                          max_val_records=200)
         trainer = Trainer(cfg, tok)
         trainer.fit()

@@ -59,6 +59,7 @@ class Sizes:
     data_workers: int
     model: str
     sft_minutes: float
+    warmup_steps: int
     apr_rows: tuple[int, int]  # (batch_rows, row length)
     sosp_rows: tuple[int, int]
     windows: tuple[int, ...]  # eval: accuracy within these per-thread windows
@@ -69,6 +70,7 @@ class Sizes:
     rl_window: int
     engine_prompts: int
     engine_new_tokens: int
+    threads: int = 0  # torch threads per stage process (0: torch's default)
 
     @property
     def max_window(self) -> int:
@@ -78,15 +80,15 @@ class Sizes:
 def gpu_sizes(minutes: float) -> Sizes:
     """MINUTES splits as: data ~1.5, SFT MINUTES-5 (both at once), eval ~1.5, GRPO ~1.5, engine ~0.5."""
     return Sizes(num_train=20000, num_test=500, data_workers=max((os.cpu_count() or 2) - 2, 1), model="small",
-                 sft_minutes=max(minutes - 5.0, 1.0), apr_rows=(8, 2048), sosp_rows=(6, 3072),
+                 sft_minutes=max(minutes - 5.0, 1.0), warmup_steps=100, apr_rows=(8, 2048), sosp_rows=(6, 3072),
                  windows=(512, 1024, 2048, 3072), eval_batch=500, rl_steps=5, rl_problems=16, rl_group=4,
                  rl_window=2048, engine_prompts=256, engine_new_tokens=128)
 
 
 def toy_sizes() -> Sizes:
-    return Sizes(num_train=40, num_test=6, data_workers=2, model="tiny", sft_minutes=0.05, apr_rows=(1, 2048),
-                 sosp_rows=(1, 3072), windows=(128, 256), eval_batch=6, rl_steps=2, rl_problems=2, rl_group=2,
-                 rl_window=128, engine_prompts=4, engine_new_tokens=8)
+    return Sizes(num_train=40, num_test=6, data_workers=2, model="tiny", sft_minutes=0.05, warmup_steps=1, apr_rows=(1, 2048),
+                 sosp_rows=(1, 2048), windows=(128, 256), eval_batch=6, rl_steps=2, rl_problems=2, rl_group=2,
+                 rl_window=128, engine_prompts=4, engine_new_tokens=8, threads=1)
 
 
 class StageError(RuntimeError):
@@ -95,10 +97,13 @@ class StageError(RuntimeError):
         self.stage = stage
 
 
-def run_stage(stage: str, cmds: dict[str, list[str]], logs: Path, timeout_s: float) -> float:
-    """Run the commands of one stage at once (each logging to <logs>/<name>.log); fail naming the stage."""
+def run_stage(stage: str, cmds: dict[str, list[str]], logs: Path, timeout_s: float, threads: int = 0) -> float:
+    """Run the commands of one stage at once (each logging to <logs>/<name>.log); fail naming the stage.
+    `threads` > 0 caps each process's torch/OpenMP threads (toy runs on busy shared cores stall otherwise)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     logs.mkdir(parents=True, exist_ok=True)
     t0, procs = time.perf_counter(), {}
     for name, cmd in cmds.items():
@@ -137,7 +142,7 @@ def sft_cmd(s: Sizes, out: Path, solver: str, device: str) -> list[str]:
     rows, row_len = s.apr_rows if solver == "apr" else s.sosp_rows
     return cli("sft", f"model={s.model}", f"name=gpu_check_{solver}", f"run_dir={out / 'sft' / solver}",
                f"data.dir={out / 'data'}", f"data.solver={solver}", f"data.max_seq_len={row_len}",
-               "data.max_dropped_frac=1.0", "optim.lr=1e-3", "optim.warmup_steps=100",
+               "data.max_dropped_frac=1.0", "optim.lr=1e-3", f"optim.warmup_steps={s.warmup_steps}",
                f"train.max_minutes={s.sft_minutes}", "train.max_steps=null", f"train.batch_rows={rows}",
                "train.grad_accum_steps=1", f"train.device={device}", "eval.every_steps=0", "eval.num_problems=0",
                "checkpoint.every_steps=0", "log.progress=false", "wandb.mode=disabled", "overwrite=true")
@@ -282,15 +287,15 @@ def _yes(ok: bool) -> str:
 # ---- driver ---------------------------------------------------------------------------------------
 
 def run_check(s: Sizes, out: Path, device: str, res: dict) -> None:
-    logs, secs = out / "logs", res["stage_s"]
+    logs, secs, threads = out / "logs", res["stage_s"], s.threads
     secs["data"] = run_stage("data", {"data": data_cmd(s, out)}, logs, 1200)
     sft_timeout = 60 * s.sft_minutes + 900  # the budget, plus setup and the final evaluation
     secs["sft"] = run_stage("sft", {f"sft_{k}": sft_cmd(s, out, k, device) for k in ("sosp", "apr")}, logs,
-                            sft_timeout)
+                            sft_timeout, threads)
     res["sft"] = {k: sft_result(out, k) for k in ("sosp", "apr")}
-    secs["eval"] = run_stage("eval", {"eval": eval_cmd(s, out, device)}, logs, 1800)
+    secs["eval"] = run_stage("eval", {"eval": eval_cmd(s, out, device)}, logs, 1800, threads)
     res["eval"] = eval_result(out)
-    secs["grpo"] = run_stage("grpo", {"grpo": grpo_cmd(s, out, device)}, logs, 1800)
+    secs["grpo"] = run_stage("grpo", {"grpo": grpo_cmd(s, out, device)}, logs, 1800, threads)
     res["grpo"] = grpo_result(out)
     t = time.perf_counter()
     try:

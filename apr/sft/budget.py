@@ -5,10 +5,12 @@ not its setup (reading data, building the model) nor the final evaluation and ch
 run continues the count where its checkpoint left it (`elapsed_s` in `trainer_state.json`), so
 `max_minutes=12` means twelve minutes of training however many times the run was interrupted.
 
-Under a budget the learning-rate schedule is laid out over time instead of steps: warmup still
-takes `optim.warmup_steps` steps, then the cosine runs from the time warmup ended to the deadline,
-so the last step before the deadline trains at (about) `min_lr_ratio * lr`, and the run then ends
-as a finished run: final evaluation and `<run_dir>/final`.
+Under a budget the learning-rate schedule is laid out over time instead of steps: the cosine runs
+from the start to the deadline (its progress is `fraction`, the share of the budget used) and the
+warmup still takes `optim.warmup_steps` steps, as a cap: lr factor = min(warmup(step), cosine(time)).
+So a budget shorter than the warmup still ends at `min_lr_ratio * lr`, and the step that crosses the
+deadline leaves the schedule at its end; the run then ends as a finished run: final evaluation and
+`<run_dir>/final`.
 
 With several processes (DDP, DeepSpeed) every rank must stop at the same step and use the same
 learning rate: `sync` takes rank 0's clock through one all-reduce.
@@ -29,12 +31,10 @@ from collections.abc import Callable
 class TimeBudget:
     """Seconds of training allowed and used; `fraction` is what the schedule reads."""
 
-    def __init__(self, max_minutes: float, clock: Callable[[], float] | None = None, elapsed_s: float = 0.0,
-                 warmup_end_s: float | None = None) -> None:
+    def __init__(self, max_minutes: float, clock: Callable[[], float] | None = None, elapsed_s: float = 0.0) -> None:
         self.max_s = 60.0 * max_minutes
         self.clock = clock or time.monotonic
         self.elapsed_before = elapsed_s  # training time of earlier (resumed) runs
-        self.warmup_end_s = warmup_end_s  # elapsed time when warmup ended (None: not yet)
         self.elapsed_s = elapsed_s  # as of the last `sync`
         self._t0: float | None = None
 
@@ -61,20 +61,10 @@ class TimeBudget:
     def is_over(self) -> bool:
         return self.elapsed_s >= self.max_s
 
-    def mark_warmup_end(self) -> None:
-        if self.warmup_end_s is None:
-            self.warmup_end_s = self.elapsed_s
-
-    def decay_progress(self) -> float:
-        """Progress of the cosine after warmup, in [0, 1]: 0 when warmup ended, 1 at the deadline."""
-        start = self.warmup_end_s if self.warmup_end_s is not None else self.elapsed_s
-        span = self.max_s - start
-        return 1.0 if span <= 0 else min(max((self.elapsed_s - start) / span, 0.0), 1.0)
-
     def state(self) -> dict:
         """What a checkpoint keeps so that a resumed run continues the same budget."""
-        return {"elapsed_s": self.elapsed_s, "warmup_end_s": self.warmup_end_s, "max_minutes": self.max_s / 60}
+        return {"elapsed_s": self.elapsed_s, "max_minutes": self.max_s / 60}
 
     @classmethod
     def resumed(cls, max_minutes: float, state: dict, clock: Callable[[], float] | None = None) -> TimeBudget:
-        return cls(max_minutes, clock, float(state.get("elapsed_s", 0.0)), state.get("warmup_end_s"))
+        return cls(max_minutes, clock, float(state.get("elapsed_s", 0.0)))

@@ -16,15 +16,18 @@ from apr.sft.config import OptimConfig
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None, min_ratio: float,
               budget: TimeBudget | None = None) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` (0-based). With a `budget`
-    the cosine follows its clock (`budget.decay_progress()`) and `total_steps` is not used."""
+    the cosine follows its clock over the whole budget, capped by the warmup (`apr.sft.budget`),
+    and `total_steps` is not used."""
+    if budget is not None:
+        warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
+        return min(warm, _cosine(budget.fraction, min_ratio))
     if step < warmup_steps:  # the first step already moves: (step + 1) / warmup
         return (step + 1) / warmup_steps
-    if budget is not None:
-        budget.mark_warmup_end()
-        progress = budget.decay_progress()
-    else:
-        decay_steps = max(total_steps - warmup_steps, 1)
-        progress = min((step - warmup_steps) / decay_steps, 1.0)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    return _cosine(min((step - warmup_steps) / decay_steps, 1.0), min_ratio)
+
+
+def _cosine(progress: float, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

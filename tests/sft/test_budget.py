@@ -49,8 +49,19 @@ def test_run_ends_finished_at_the_deadline_with_the_schedule_at_its_end(budget_r
     assert state["budget"]["elapsed_s"] >= 6.0 and state["step"] == len(summary["losses"]) == 6
     lrs = [r["train/lr"] for r in read_metrics(run_dir) if "train/lr" in r]
     assert lrs[-1] == pytest.approx(LR * MIN_RATIO)  # the cosine reached its end at the deadline
-    after_warmup = lrs[1:]  # warmup_steps=2: the lr after step 2 is the cosine's start
-    assert after_warmup[0] == pytest.approx(LR) and after_warmup == sorted(after_warmup, reverse=True)
+    after_warmup = lrs[1:]  # warmup_steps=2; then the cosine over the clock: 2 of 6 s gone -> 0.775 of the peak
+    assert after_warmup[0] == pytest.approx(LR * (0.1 + 0.9 * 0.75)) and after_warmup == sorted(after_warmup)[::-1]
+
+
+def test_the_warmup_caps_the_clock_schedule(data_dir, data_tokenizer, tmp_path):
+    """A budget shorter than the warmup: the run still ends at the deadline, never above the cosine."""
+    run = tmp_path / "short"
+    summary = Trainer(budget_cfg(data_dir, run, optim={"lr": LR, "min_lr_ratio": MIN_RATIO, "warmup_steps": 100}),
+                      data_tokenizer, clock=Ticks()).fit()
+    lrs = [r["train/lr"] for r in read_metrics(run) if "train/lr" in r]
+    assert len(lrs) == 6 and Path(summary["final"]).is_dir()
+    assert lrs == pytest.approx([LR * (s + 1) / 100 for s in range(1, 7)])  # warming up: min(warmup, cosine)
+    assert lrs[-1] <= LR * MIN_RATIO
 
 
 def test_resume_continues_the_same_budget(budget_run, data_dir, data_tokenizer, tmp_path):
