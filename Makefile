@@ -13,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 # torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart eval sglang-check test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-paper
+.PHONY: install quickstart eval sglang-check gpu-check test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-paper
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,11 +32,14 @@ install: $(STAMP)
 # N=3 Countdown: data, a tiny APR model (~12 min of CPU), a few GRPO steps on a local Ray cluster,
 # held-out evaluation, runs/quickstart/REPORT.md. Re-running resumes (finished stages are skipped).
 QS := runs/quickstart
+# minutes of SFT training (train.max_minutes): the same wall time on a fast or a slow machine; 10 gives the
+# recipe's ~1,100 steps on a quiet 2-core CPU (~37% test accuracy, docs/RESULTS.md), fewer on a loaded one
+QS_SFT_MINUTES ?= 10
 quickstart: $(STAMP)
 	@test -f $(QS)/data/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=20000 \
 		data.num_val=200 data.num_test=200 data.out_dir=$(QS)/data
 	@test -f $(QS)/sft/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n3_tiny_apr name=quickstart \
-		data.dir=$(QS)/data run_dir=$(QS)/sft resume=true
+		data.dir=$(QS)/data run_dir=$(QS)/sft resume=true train.max_minutes=$(QS_SFT_MINUTES) train.max_steps=null
 	@test -f $(QS)/rl/final/config.json || $(BIN)/python -m apr.cli.rl +rl=n3_tiny name=quickstart_rl \
 		init=$(QS)/sft/final data.dir=$(QS)/data run_dir=$(QS)/rl train.steps=4 checkpoint.every_steps=2 \
 		rollout.eval_problems=0 resume=true
@@ -110,16 +113,26 @@ lint: $(STAMP)
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/bench_datagen.py
 
+# DEVICE=cuda runs a benchmark on the GPU (both sides of each comparison on the same device)
+DEVICE ?= cpu
 bench-engine: $(STAMP)
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_engine.py --device $(DEVICE)
 
 bench-sft: $(STAMP)
-	$(BIN)/python benchmarks/bench_sft.py
+	$(BIN)/python benchmarks/bench_sft.py --device $(DEVICE)
 
 # One GRPO step against TRL's GRPOTrainer; TRL comes from the `bench` extra (never a required dependency).
 bench-rl: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python benchmarks/bench_rl.py
+	$(BIN)/python benchmarks/bench_rl.py --device $(DEVICE) $(if $(filter cpu,$(DEVICE)),,--dist none)
+
+# The pipeline in miniature on one GPU (benchmarks/gpu_check.py): data, SoS+ and APR SFT of `small` side by
+# side (train.max_minutes), greedy eval on 500 test problems, 5 GRPO steps, engine vs HF generate; MINUTES is
+# the one knob (~8 min on an H200). Runs with the venv if there is one, else python3 (the GPU machine).
+MINUTES ?= 8
+GPU_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	MINUTES=$(MINUTES) $(GPU_PY) benchmarks/gpu_check.py --minutes $(MINUTES) --out runs/gpu_check
 
 # removes the virtualenv and caches; trained runs (runs/) and data (data/) are kept
 clean:

@@ -2,6 +2,7 @@
 #
 #   .venv/bin/python benchmarks/bench_engine.py           # ~13 min on an idle 2-core CPU, ~5 GB RAM
 #   .venv/bin/python benchmarks/bench_engine.py --quick   # ~1.5 min: 8 problems, half-length threads
+#   .venv/bin/python benchmarks/bench_engine.py --device cuda   # both sides on the GPU (make bench-engine DEVICE=cuda)
 #
 # Writes runs/bench/engine.json (every measurement), engine.md (table), engine.png (bars).
 # Models: presets `tiny` (~1M) and `small` (~6M non-embedding params), random weights, vocab 2100,
@@ -74,7 +75,14 @@ def sampling(n: int, seed: int) -> SamplingParams:
 # ---- local engine -----------------------------------------------------------------------------
 
 def new_engine(model, max_seq_len: int) -> LocalEngine:
-    return LocalEngine(model, LocalEngineConfig(max_batch_size=MAX_BATCH, max_seq_len=max_seq_len))
+    return LocalEngine(model, LocalEngineConfig(max_batch_size=MAX_BATCH, max_seq_len=max_seq_len,
+                                                device=str(model.device)))
+
+
+def _sync(model) -> None:
+    """Wait for queued GPU work, so that wall times are of finished work."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
 
 
 def local_decode(model, prompts: list[list[int]], num_new: int) -> dict:
@@ -83,6 +91,7 @@ def local_decode(model, prompts: list[list[int]], num_new: int) -> dict:
     for i, p in enumerate(prompts):
         engine.submit(Request(f"r{i}", p, sampling(num_new, i)))
     out = engine.run_until_done()
+    _sync(model)
     wall = time.perf_counter() - start
     assert sum(len(c.output_ids) for c in out) == len(prompts) * num_new
     return {"tokens": len(prompts) * num_new, "wall_s": wall, "forward_s": engine.stats.forward_s}
@@ -111,6 +120,7 @@ def local_apr(model, problems: list[Problem]) -> dict:
                 if waiting_children[i] == 0:
                     engine.submit(Request(f"p{i}/final", pr.join_ids, sampling(pr.final_new, i),
                                           resume_id=f"p{i}"))
+    _sync(model)
     wall = time.perf_counter() - start
     assert tokens == sum(pr.num_tokens for pr in problems), tokens
     s = engine.stats
@@ -130,7 +140,7 @@ def hf_generate(model, prompts: list[list[int]], num_new: int) -> list[list[int]
         ids[r, width - len(p):] = torch.tensor(p)
         mask[r, width - len(p):] = 1
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=num_new, min_new_tokens=num_new,
+        out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=num_new, min_new_tokens=num_new,
                              do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0,
                              eos_token_id=None)  # (B, T + num_new)
     assert out.shape[1] == width + num_new
@@ -157,12 +167,14 @@ def hf_apr(model, problems: list[Problem], batch: int) -> dict:
     tokens += hf_threads(model, children, batch)[0]
     finals = [(pr.root_prompt + out + pr.join_ids, pr.final_new) for pr, out in zip(problems, roots)]
     tokens += hf_threads(model, finals, batch)[0]
+    _sync(model)
     return {"tokens": tokens, "wall_s": time.perf_counter() - start}
 
 
 def hf_decode(model, prompts: list[list[int]], num_new: int, batch: int) -> dict:
     start = time.perf_counter()
     tokens = hf_threads(model, [(p, num_new) for p in prompts], batch)[0]
+    _sync(model)
     return {"tokens": tokens, "wall_s": time.perf_counter() - start}
 
 
@@ -237,7 +249,7 @@ def summary(runs: list[dict]) -> dict:
 
 
 def bench_model(preset: str, args, bar) -> dict:
-    model = build_model(ModelConfig.preset(preset), vocab_size=VOCAB).eval()
+    model = build_model(ModelConfig.preset(preset), vocab_size=VOCAB).eval().to(args.device)
     rng = random.Random(1)
     report = {}
     for conc in (1, 16, 64):
@@ -308,6 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="8 problems, half-length threads, one repeat")
     parser.add_argument("--presets", default="tiny,small")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the local engine and HF generate both")
     parser.add_argument("--max-wait-s", type=float, default=120.0,
                         help="per run, how long to wait for other processes to leave the CPU")
     args = parser.parse_args()
@@ -319,7 +332,11 @@ def main() -> None:
     args.problems = {"tiny": 64, "small": 32} if full else {"tiny": 8, "small": 8}
     args.scale = 1.0 if full else 0.5
     args.serial_problems = 3 if full else 1
-    torch.set_num_threads(2)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
+    else:  # the CPU-quiet wait guards CPU timings; a GPU run does not wait for other processes
+        args.max_wait_s = 0.0
+        torch.device(args.device)  # a bad device string fails here, before any work
     from tqdm import tqdm
 
     load_before = os.getloadavg()
@@ -329,7 +346,9 @@ def main() -> None:
     with tqdm(total=total, desc="bench_engine") as bar:
         results = {p: bench_model(p, args, bar) for p in presets}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"command": "python benchmarks/bench_engine.py" + (" --quick" if args.quick else ""),
+    meta = {"command": "python benchmarks/bench_engine.py" + (" --quick" if args.quick else "")
+            + f" --device {args.device}", "device": args.device,
+            "gpu": torch.cuda.get_device_name(torch.device(args.device)) if args.device != "cpu" else None,
             "commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {platform.processor()} cpus={torch.get_num_threads()}",
             "max_batch": MAX_BATCH, "decode_tokens": args.decode_tokens, "repeats": args.repeats,

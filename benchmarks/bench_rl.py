@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_rl.py   # 16 problems x G=4, 512-token threads, 3 repeats: ~3-5 min, idle 2 cores
     .venv/bin/python benchmarks/bench_rl.py --problems 2 --group 2 --repeats 1 --max-new 64 --max-wait-s 0 \
         --out /tmp/bench_rl                   # smoke test, ~10 s
+    .venv/bin/python benchmarks/bench_rl.py --device cuda --dist none   # both sides on the GPU (no Ray there)
     (make bench-rl: installs trl from the `bench` extra first)
 
 Same SoS+ checkpoint (serial traces: TRL cannot spawn), same problems (the first --problems of
@@ -57,6 +58,7 @@ class Setup:
     dist: str = "none"  # ours only: placement
     workers: int = 1  # ours only: rollout workers
     compile: bool = False  # ours only: torch.compile in the local engine
+    device: str = "cpu"  # both sides: ours (learner, reference, engine) and TRL (model and generate)
 
     @property
     def max_new(self) -> int:
@@ -85,9 +87,9 @@ class OursSide:
             "loss": {"kl_coef": s.kl, "clip": 0.2, "aggregation": "token_mean"},
             "optim": {"lr": s.lr, "grad_clip": 1.0},
             "train": {"batch_problems": len(s.problems), "inner_steps": 1, "old_logprobs": "rollout",
-                      "precision": "fp32", "device": "cpu", "micro_batch_tokens": s.micro_batch_tokens},
+                      "precision": "fp32", "device": s.device, "micro_batch_tokens": s.micro_batch_tokens},
             "rollout": {"runtime": {"max_thread_tokens": s.window, "temperature": 1.0}, "eval_problems": 0},
-            "engine": {"max_seq_len": s.window, "max_batch_size": s.rollouts, "compile": s.compile},
+            "engine": {"max_seq_len": s.window, "max_batch_size": s.rollouts, "compile": s.compile, "device": s.device},
             "dist": {"mode": s.dist, "num_rollout_workers": s.workers, "worker_threads": 0 if s.workers == 1 else 1},
             "wandb": {"mode": "disabled"}}, "")
         self.trainer = RLTrainer(cfg, make_cluster(cfg))
@@ -145,7 +147,7 @@ class TRLSide:
             max_completion_length=s.max_new, temperature=1.0, top_p=1.0, top_k=0,
             learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
             beta=s.kl, epsilon=0.2, loss_type="dapo", scale_rewards="group",
-            bf16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+            bf16=False, use_cpu=s.device == "cpu", report_to="none", save_strategy="no", logging_steps=1,
             disable_tqdm=True, seed=s.seed, dataloader_num_workers=0, log_completions=False)
         clock = self
 
@@ -237,7 +239,7 @@ def make_setup(args) -> Setup:
     if len(lengths) > 1:
         print(f"note: prompts of {sorted(lengths)} tokens; TRL gets window - {prompt_tokens} new tokens")
     return Setup(args.model, args.data, problems, args.group, window, prompt_tokens, args.lr, args.kl,
-                 args.micro_batch_tokens, args.seed, args.dist, args.workers, args.compile)
+                 args.micro_batch_tokens, args.seed, args.dist, args.workers, args.compile, args.device)
 
 
 def measure(sides: dict, repeats: int, max_wait_s: float) -> dict[str, list[dict]]:
@@ -344,6 +346,7 @@ def main() -> None:
     ap.add_argument("--max-wait-s", type=float, default=60.0,
                     help="per run, how long to wait for other processes to leave the CPU (0: do not wait)")
     ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: both sides (with cuda use --dist none)")
     args = ap.parse_args()
     import torch
     import transformers
@@ -364,7 +367,7 @@ def main() -> None:
               for k in ("problems_per_s", "generated_tokens_per_s", "rollout_tokens_per_s")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"meta": {"command": " ".join(["python", *sys.argv]), "commit": commit, "torch": torch.__version__,
-                       "transformers": transformers.__version__, "trl": trl.__version__,
+                       "transformers": transformers.__version__, "trl": trl.__version__, "device": args.device,
                        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                        "machine": f"{platform.machine()} python {platform.python_version()}, {os.cpu_count()} CPUs",
                        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),

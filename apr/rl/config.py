@@ -115,6 +115,9 @@ class RLTrainConfig:
     """Steps, batch and the learner's placement and precision."""
 
     steps: int = 150
+    # minutes of training (apr.sft.budget): the run ends, finished (final eval and checkpoint), after the
+    # step that crosses it, or at `steps`, whichever comes first; resumed runs continue the count. None: off
+    max_minutes: float | None = None
     batch_problems: int = 64  # problems per step (x group_size rollouts)
     inner_steps: int = 2  # optimizer steps over each batch of rollouts
     micro_batch_tokens: int = 16384  # padded tokens per forward/backward (gradients accumulate)
@@ -128,6 +131,8 @@ class RLTrainConfig:
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "train.steps", self.steps, "a positive integer")
+        check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes", self.max_minutes,
+              "null or a positive number of minutes")
         check(self.batch_problems >= 1, "train.batch_problems", self.batch_problems, "a positive integer")
         check(self.inner_steps >= 1, "train.inner_steps", self.inner_steps, "a positive integer")
         check(self.micro_batch_tokens >= 16, "train.micro_batch_tokens", self.micro_batch_tokens, "an integer >= 16")

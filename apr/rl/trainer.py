@@ -33,6 +33,7 @@ from apr.rl.rollout import (
     worker_engine_config,
 )
 from apr.sft import checkpoint as ckpt
+from apr.sft.budget import TimeBudget
 from apr.sft.metrics import MetricsLog, timer
 
 SHARD = tuple  # (problems, seed, first_index)
@@ -94,9 +95,11 @@ class InProcessCluster:
 
 
 class RLTrainer:
-    def __init__(self, cfg: RLConfig, cluster) -> None:
+    def __init__(self, cfg: RLConfig, cluster, clock=None) -> None:
         self.cfg = cfg
         self.cluster = cluster
+        self.clock = clock  # of the time budget (train.max_minutes); None: time.monotonic
+        self.budget: TimeBudget | None = None
         self.run_dir = Path(cfg.run_dir)
         self.stream = ProblemStream(load_problems(cfg.data.dir, cfg.data.split, cfg.data.max_problems), cfg.seed)
         r = cfg.rollout
@@ -118,18 +121,22 @@ class RLTrainer:
             if self.step == 0 and self.eval_problems:
                 last_eval = self.evaluate()
                 self.log.log(last_eval, 0)
-            while self.step < cfg.train.steps:
+            if self.budget is not None:
+                self.budget.start()
+            while not self.is_done():
                 row = self.train_step()
                 self.step += 1
-                if self._due(cfg.rollout.eval_every_steps) and self.step < cfg.train.steps and self.eval_problems:
+                if self.budget is not None:
+                    self.budget.sync()
+                if self._due(cfg.rollout.eval_every_steps) and not self.is_done() and self.eval_problems:
                     with timer("eval", row):
                         last_eval = self.evaluate()
                     row.update(last_eval)
-                if self._due(cfg.checkpoint.every_steps) and self.step < cfg.train.steps:
+                if self._due(cfg.checkpoint.every_steps) and not self.is_done():
                     with timer("checkpoint", row):
                         self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}")
                         ckpt.prune(self.run_dir, cfg.checkpoint.keep_last)
-                if self.step % cfg.log_every_steps == 0 or self.step == cfg.train.steps:
+                if self.step % cfg.log_every_steps == 0 or self.is_done():
                     self.log.log(row, self.step)
                 bar.set_postfix(reward=f"{row['rollout/reward']:.3f}", acc=f"{row['rollout/accuracy']:.3f}",
                                 children=f"{row['rollout/child_threads']:.1f}", refresh=False)
@@ -209,7 +216,14 @@ class RLTrainer:
             state = json.loads((resume_from / ckpt.STATE_FILE).read_text())
             self.step = state["step"]
             _say(f"resuming at step {self.step} from {resume_from}")
+        if cfg.train.max_minutes:  # a resumed run continues its checkpoint's count of training time
+            state = json.loads((resume_from / ckpt.STATE_FILE).read_text()) if resume_from else {}
+            self.budget = TimeBudget.resumed(cfg.train.max_minutes, state.get("budget", {}), self.clock)
         return resume_from
+
+    def is_done(self) -> bool:
+        """`train.steps` done, or the time budget (`train.max_minutes`) spent."""
+        return self.step >= self.cfg.train.steps or (self.budget is not None and self.budget.is_over)
 
     def save(self, path: Path) -> Path:
         """Atomically: learner (HF policy, optimizer, critic, RNG) + driver state (step, data position)."""
@@ -219,6 +233,8 @@ class RLTrainer:
         self.cluster.save(tmp)
         state = {"step": self.step, "problems_consumed": self.step * self.cfg.train.batch_problems,
                  "seed": self.cfg.seed}
+        if self.budget is not None:
+            state["budget"] = self.budget.state()
         (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
         if path.exists():
             shutil.rmtree(path)

@@ -28,9 +28,13 @@ class SFTDataConfig:
     solved_only: bool = False  # keep only traces whose search found the answer
     max_train_records: int | None = None  # first N training traces (None: all)
     max_val_records: int | None = 200  # first N validation traces for the validation loss
+    # read threads from the token cache beside the traces (apr.datagen.token_cache; built on first use)
+    token_cache: bool = True
+    num_workers: int = 0  # processes that render a trace file into the cache (0: every CPU)
 
     def __post_init__(self) -> None:
         check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "an integer >= 8")
+        check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0 (0: every CPU)")
         check(0.0 <= self.max_dropped_frac <= 1.0, "data.max_dropped_frac", self.max_dropped_frac,
               "a fraction in [0, 1]")
         for name in ("max_train_records", "max_val_records"):
@@ -71,6 +75,9 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # optimizer steps; None: num_epochs over the training rows
     num_epochs: int = 1
+    # minutes of training (apr.sft.budget): the schedule follows the clock and the run ends, finished,
+    # at the deadline; max_steps (if set) still caps the steps, num_epochs is not used. None: by steps
+    max_minutes: float | None = None
     num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     # torch.compile the training forward (strategy torch): ~1.3x for the tiny model on this CPU after
     # ~40 s of compiling; falls back to eager, with a warning, where compiling fails (no C++ compiler).
@@ -85,6 +92,8 @@ class TrainConfig:
         check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", self.max_steps,
               "null or a positive integer")
         check(self.num_epochs >= 1, "train.num_epochs", self.num_epochs, "a positive integer")
+        check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes", self.max_minutes,
+              "null or a positive number of minutes")
         check(self.num_threads >= 0, "train.num_threads", self.num_threads, "an integer >= 0")
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from apr.config import ConfigError, check
+from apr.datagen import token_cache
 from apr.datagen.build import read_records
+from apr.datagen.token_cache import IGNORE, thread_arrays
 from apr.protocol import render_tree
 from apr.search.trace import ThreadTrace
 from apr.sft.config import SFTDataConfig
-
-IGNORE = -100  # label of tokens that are not trained on (HF's ignore_index)
 
 
 @dataclass
@@ -60,12 +60,7 @@ class FitReport:
 
 
 def thread_sequence(ids: list[int], mask: list[int]) -> Sequence:
-    ids_a = np.asarray(ids, dtype=np.int32)  # (T,)
-    mask_a = np.asarray(mask, dtype=bool)  # (T,)
-    labels = np.where(mask_a, ids_a, IGNORE)  # (T,)
-    labels[0] = IGNORE  # a sequence's first token is never a target (packed rows rely on it)
-    num_prompt = int(np.argmax(mask_a)) if mask_a.any() else len(ids_a)
-    return Sequence(ids_a, labels, num_prompt)
+    return Sequence(*thread_arrays(ids, mask))
 
 
 def trace_sequences(trace: ThreadTrace, tokenizer) -> list[Sequence]:
@@ -74,16 +69,27 @@ def trace_sequences(trace: ThreadTrace, tokenizer) -> list[Sequence]:
 
 
 def load_split(cfg: SFTDataConfig, split: str, tokenizer, max_records: int | None) -> list[Sequence]:
-    """The sequences of `<dir>/<split>/<solver>.jsonl` (first `max_records` traces)."""
+    """The sequences of `<dir>/<split>/<solver>.jsonl` (first `max_records` traces), read from the
+    token cache beside the file (`apr.datagen.token_cache`, built on first use), or rendered here
+    when `data.token_cache=false`. Their arrays are views of the cache's memory maps."""
     path = Path(cfg.dir) / split / f"{cfg.solver}.jsonl"
     if not path.is_file():
         raise ConfigError(f"data.dir: {str(path)!r} does not exist; accepted: a directory written by "
                           f"`python -m apr.cli.data ... data.out_dir={cfg.dir}` (with the {cfg.solver} solver)")
-    records = read_records(path)
-    if cfg.solved_only:
-        records = [r for r in records if r.solved]
-    records = records[:max_records] if max_records else records
-    return [s for r in records for s in trace_sequences(ThreadTrace.from_dict(r.trace), tokenizer)]
+    if not cfg.token_cache:
+        records = read_records(path)
+        if cfg.solved_only:
+            records = [r for r in records if r.solved]
+        records = records[:max_records] if max_records else records
+        return [s for r in records for s in trace_sequences(ThreadTrace.from_dict(r.trace), tokenizer)]
+    arrays = token_cache.load_or_build(path, tokenizer, cfg.num_workers)
+    kept = np.array(arrays.record_solved) if cfg.solved_only else np.ones(len(arrays.record_solved), bool)
+    if max_records:
+        kept &= np.cumsum(kept) <= max_records  # the first max_records of the kept records
+    threads = np.flatnonzero(kept[np.asarray(arrays.thread_record)])
+    offsets, num_prompt = np.asarray(arrays.offsets), np.asarray(arrays.num_prompt)
+    return [Sequence(arrays.ids[offsets[i]:offsets[i + 1]], arrays.labels[offsets[i]:offsets[i + 1]],
+                     int(num_prompt[i])) for i in threads]
 
 
 def fit_to_window(seqs: list[Sequence], cfg: SFTDataConfig, split: str) -> tuple[list[Sequence], FitReport]:

@@ -137,13 +137,13 @@ class Strategy:
 class TorchStrategy(Strategy):
     """Plain torch; DDP when launched by torchrun (WORLD_SIZE > 1)."""
 
-    def setup(self, model, total_steps: int) -> None:
+    def setup(self, model, total_steps: int | None, budget=None) -> None:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
         self.module = model.to(self.device)
         self.optimizer = build_optimizer(model, self.optim_cfg)
-        self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, total_steps)
+        self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, total_steps, budget)
         self.model = model
         if self.world_size > 1:
             if not dist.is_initialized():
@@ -231,13 +231,13 @@ class DeepSpeedStrategy(Strategy):
             "wall_clock_breakdown": False,
         }
 
-    def setup(self, model, total_steps: int) -> None:
+    def setup(self, model, total_steps: int | None, budget=None) -> None:
         self._init_distributed()
         import deepspeed
 
         model = model.to(self.device)
         optimizer = build_optimizer(model, self.optim_cfg)
-        scheduler = build_scheduler(optimizer, self.optim_cfg, total_steps)
+        scheduler = build_scheduler(optimizer, self.optim_cfg, total_steps, budget)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config())
         self.module = self.model.module

@@ -23,6 +23,7 @@ import numpy as np
 from apr.config import ConfigError, to_dict
 from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
 from apr.sft import checkpoint as ckpt
+from apr.sft.budget import TimeBudget
 from apr.sft.config import SFTConfig
 from apr.sft.data import FitReport, Sequence, fit_to_window, load_split
 from apr.sft.metrics import MetricsLog, progress_bar, timer
@@ -57,9 +58,11 @@ class Trainer:
     """Supervised training of a Llama model on solver threads (see the module docstring)."""
 
     def __init__(self, cfg: SFTConfig, tokenizer, evaluate: EvalHook | None = None,
-                 data: TrainData | None = None) -> None:
+                 data: TrainData | None = None, clock: Callable[[], float] | None = None) -> None:
         self.cfg, self.tokenizer, self.evaluate_hook = cfg, tokenizer, evaluate
         self.data = data
+        self.clock = clock  # of the time budget (train.max_minutes); None: time.monotonic
+        self.budget: TimeBudget | None = None
         self.run_dir = Path(cfg.run_dir)
         self.step = 0  # optimizer steps done
         self.position = (0, 0)  # data position of the next step: (epoch, step in epoch)
@@ -67,19 +70,23 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train to `total_steps`; returns the final metrics and every step's loss of this run."""
+        """Train to `total_steps` or the time budget; returns the final metrics and this run's losses."""
         with timer("setup", self.times):
             self.setup()
         losses, last_eval = [], {}
         batches = self.loader.iterate(*self.position)
         bar = progress_bar(self.total_steps, self.step, self.cfg.log.progress and self.strategy.is_main)
-        while self.step < self.total_steps:
+        if self.budget is not None:
+            self.budget.start()
+        while not self.is_done():
             times: dict = {}
             t0 = time.perf_counter()
             with timer("data", times):
                 epoch, step_in_epoch, micro = next(batches)
             with timer("forward_backward", times):
                 loss, num_tokens = self.forward_backward(micro)
+            if self.budget is not None:  # before the scheduler reads it; the same on every rank
+                self.budget.sync(self.strategy)
             with timer("optimizer", times):
                 grad_norm = self.strategy.step()
             self.step, self.position = self.step + 1, (epoch, step_in_epoch + 1)
@@ -88,7 +95,7 @@ class Trainer:
             if self.is_due(self.cfg.eval.every_steps):
                 with timer("eval", times):
                     last_eval = self.run_eval()
-            if self.is_due(self.cfg.checkpoint.every_steps) and self.step < self.total_steps:
+            if self.is_due(self.cfg.checkpoint.every_steps) and not self.is_done():
                 with timer("checkpoint", times):
                     self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}")
             self.record_step(loss, grad_norm, num_tokens, step_s, times, epoch, bar)
@@ -119,18 +126,32 @@ class Trainer:
                                    cfg.train.grad_accum_steps, cfg.seed, s.rank, s.world_size)
         self.val_batches = eval_batches(self.data.val, cfg.data.max_seq_len, pad, cfg.train.batch_rows,
                                         s.rank, s.world_size)
-        self.total_steps = cfg.train.max_steps or cfg.train.num_epochs * self.loader.steps_in_epoch(0)
+        self.total_steps = cfg.train.max_steps or (
+            None if cfg.train.max_minutes else cfg.train.num_epochs * self.loader.steps_in_epoch(0))
         resume_from = ckpt.latest(self.run_dir) if cfg.resume else None
         if cfg.resume and resume_from is None:
             self.say(f"resume=true but no checkpoint in {self.run_dir}: starting from step 0")
         model = self.load_or_build_model(resume_from)
-        s.setup(model, self.total_steps)
+        self.budget = self.make_budget(resume_from)
+        s.setup(model, self.total_steps, self.budget)
         if resume_from is not None:
             state = ckpt.load(resume_from, s)
             self.step, self.position = state["step"], tuple(state["position"])
         self.write_run_files(model, resume_from)
         self.log = MetricsLog(self.run_dir, cfg.wandb, cfg.name, to_dict(cfg), s.is_main,
                               resume_step=self.step if resume_from is not None else None)
+
+    def make_budget(self, resume_from: Path | None) -> TimeBudget | None:
+        """`train.max_minutes`; a resumed run continues its checkpoint's count of training time."""
+        if not self.cfg.train.max_minutes:
+            return None
+        state = json.loads((resume_from / ckpt.STATE_FILE).read_text()).get("budget", {}) if resume_from else {}
+        return TimeBudget.resumed(self.cfg.train.max_minutes, state, self.clock)
+
+    def is_done(self) -> bool:
+        """`total_steps` reached, or the time budget spent (both, when both are set: whichever first)."""
+        by_steps = self.total_steps is not None and self.step >= self.total_steps
+        return by_steps or (self.budget is not None and self.budget.is_over)
 
     def load_or_build_model(self, resume_from: Path | None):
         cfg = self.cfg
@@ -186,6 +207,8 @@ class Trainer:
     def save(self, path: Path) -> Path:
         state = {"step": self.step, "position": list(self.position), "total_steps": self.total_steps,
                  "model": to_dict(self.cfg.model), "seed": self.cfg.seed}
+        if self.budget is not None:
+            state["budget"] = self.budget.state()
         out = ckpt.save(path, self.strategy, self.tokenizer, state)
         if self.strategy.is_main:
             ckpt.prune(self.run_dir, self.cfg.checkpoint.keep_last)
@@ -196,7 +219,7 @@ class Trainer:
         tokens_per_s = num_tokens / max(step_s, 1e-9)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         bar.update(1)
-        if self.step % self.cfg.log.every_steps == 0 or self.step == self.total_steps:
+        if self.step % self.cfg.log.every_steps == 0 or self.is_done():
             slots = self.cfg.train.batch_rows * self.cfg.train.grad_accum_steps * self.strategy.world_size
             self.log.log({"train/loss": loss, "train/lr": self.strategy.lr, "train/grad_norm": grad_norm,
                           "train/tokens": num_tokens, "train/tokens_per_s": tokens_per_s,
@@ -221,7 +244,8 @@ class Trainer:
         rep = self.data.reports["train"]
         self.say(f"model {self.cfg.model.name}: {params['non_embedding']:,} non-embedding parameters; "
                  f"{len(self.data.train):,} train threads ({rep.num_dropped} dropped, {rep.num_truncated} truncated "
-                 f"as longer than data.max_seq_len={self.cfg.data.max_seq_len}); {self.total_steps} steps"
+                 f"as longer than data.max_seq_len={self.cfg.data.max_seq_len}); "
+                 + (f"{self.cfg.train.max_minutes} minutes of training" if self.budget else f"{self.total_steps} steps")
                  + (f"; resuming at step {self.step} from {resume_from}" if resume_from else ""))
 
     def say(self, msg: str) -> None:

@@ -125,3 +125,16 @@ def test_reward_rises_on_a_learnable_reward(tmp_path, assets):
     rewards = [r["rollout/reward"] for r in read_metrics(tmp_path / "run") if "rollout/reward" in r]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + 0.3, (first, last)  # measured: ~0.12 -> ~0.7
+
+
+def test_time_budget_ends_the_run_finished(tmp_path, assets):
+    """`train.max_minutes` with a fake clock (one second per reading): 2 s of training = 2 steps of 10."""
+    init, data = assets
+    ticks = iter(range(1, 1000))
+    cfg = rl_config(tmp_path, init, data, **{"train.steps": 10, "train.max_minutes": 2 / 60})
+    summary = RLTrainer(cfg, InProcessCluster(cfg), clock=lambda: float(next(ticks))).fit()
+    final = tmp_path / "run" / "final"
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert summary["step"] == state["step"] == 2 and (final / "model.safetensors").is_file()
+    assert state["budget"]["elapsed_s"] == pytest.approx(2.0)
+    assert "eval/accuracy" in summary  # the final evaluation ran: a finished run, not a killed one
