@@ -14,7 +14,6 @@ The cluster is `InProcessCluster` here (`dist=none`) or `apr.dist.RayCluster` (`
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import traceback
@@ -194,13 +193,11 @@ class RLTrainer:
     def _start(self) -> Path | None:
         cfg = self.cfg
         ckpt.refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
-        if cfg.overwrite and not cfg.resume and self.run_dir.exists():
-            for name in ("checkpoints", "final", "metrics.jsonl", "summary.json", "error.json"):
-                p = self.run_dir / name
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if cfg.overwrite and not cfg.resume:
+            ckpt.set_aside_earlier_run(self.run_dir, _say)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        resume_from = ckpt.latest(self.run_dir) if cfg.resume else None
+        resume_from = ckpt.latest(self.run_dir, _say) if cfg.resume else None
         if resume_from is not None:
             self.phase = "resume"
             self.cluster.load(resume_from)
@@ -218,9 +215,7 @@ class RLTrainer:
         state = {"step": self.step, "problems_consumed": self.step * self.cfg.train.batch_problems,
                  "seed": self.cfg.seed}
         (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        ckpt.publish(tmp, path)
         return path
 
     def _due(self, every: int) -> bool:

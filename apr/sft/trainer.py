@@ -111,6 +111,8 @@ class Trainer:
         cfg = self.cfg
         ckpt.refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
         self.strategy = STRATEGIES[cfg.train.strategy](cfg.train, cfg.optim)
+        if cfg.overwrite and not cfg.resume and self.strategy.is_main:
+            ckpt.set_aside_earlier_run(self.run_dir, self.say)
         _seed_everything(cfg.seed, cfg.train.num_threads)
         self.data = self.data or prepare_data(cfg, self.tokenizer)
         pad = self.tokenizer.pad_token_id
@@ -120,7 +122,7 @@ class Trainer:
         self.val_batches = eval_batches(self.data.val, cfg.data.max_seq_len, pad, cfg.train.batch_rows,
                                         s.rank, s.world_size)
         self.total_steps = cfg.train.max_steps or cfg.train.num_epochs * self.loader.steps_in_epoch(0)
-        resume_from = ckpt.latest(self.run_dir) if cfg.resume else None
+        resume_from = ckpt.latest(self.run_dir, self.say, s.is_main) if cfg.resume else None
         if cfg.resume and resume_from is None:
             self.say(f"resume=true but no checkpoint in {self.run_dir}: starting from step 0")
         model = self.load_or_build_model(resume_from)
