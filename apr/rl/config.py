@@ -223,6 +223,7 @@ class RLConfig:
     run_dir: str = "runs/rl/rl"
     seed: int = 0
     resume: bool = False
+    resume_changed: bool = False  # resume even though data, init, lr, steps or seed changed (else refused)
     overwrite: bool = False
     data: RLDataConfig = field(default_factory=RLDataConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)

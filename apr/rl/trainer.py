@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from apr.config import ConfigError, to_dict
+from apr.model.integrity import files_fingerprint, weights_hash
 from apr.rl.batch import sequences_from_trees
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy
@@ -101,11 +102,16 @@ class RLTrainer:
         self.eval_problems = load_problems(cfg.data.dir, r.eval_split, r.eval_problems) if r.eval_problems else []
         self.step = 0
         self.phase = "setup"
+        self.recipe = run_recipe(cfg)
 
     # ---- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
-        resume_from = self._start()
+        try:
+            resume_from = self._start()
+        except BaseException:
+            self.cluster.close()  # e.g. a refused resume: stop the actors the cluster started
+            raise
         self.log = MetricsLog(self.run_dir, cfg.wandb, cfg.name, to_dict(cfg),
                               resume_step=self.step if resume_from else None)
         bar = _progress(cfg.train.steps, self.step, cfg.progress)
@@ -199,6 +205,7 @@ class RLTrainer:
         (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         resume_from = ckpt.latest(self.run_dir, _say) if cfg.resume else None
         if resume_from is not None:
+            ckpt.check_same_recipe(resume_from, run_recipe(cfg), cfg.resume_changed, _say)
             self.phase = "resume"
             self.cluster.load(resume_from)
             state = json.loads((resume_from / ckpt.STATE_FILE).read_text())
@@ -213,7 +220,7 @@ class RLTrainer:
         tmp.mkdir(parents=True)
         self.cluster.save(tmp)
         state = {"step": self.step, "problems_consumed": self.step * self.cfg.train.batch_problems,
-                 "seed": self.cfg.seed}
+                 "seed": self.cfg.seed, "recipe": self.recipe}
         (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
         ckpt.publish(tmp, path)
         return path
@@ -237,6 +244,16 @@ class RLTrainer:
             raise e
         raise RLError(f"RL run stopped at step {self.step} in phase {self.phase!r}: {type(e).__name__}: {e}. "
                       f"Saved: {saved}. Details: {self.run_dir / 'error.json'}; resume=true continues.") from e
+
+
+def run_recipe(cfg: RLConfig) -> dict:
+    """What defines a run: `resume=true` with any of it changed is refused unless `resume_changed=true`."""
+    return {"data.dir contents": files_fingerprint([Path(cfg.data.dir) / cfg.data.split / "problems.jsonl"]),
+            "data.split": cfg.data.split, "data.max_problems": cfg.data.max_problems,
+            "init weights": weights_hash(cfg.init), "optim.lr": cfg.optim.lr, "optim.critic_lr": cfg.optim.critic_lr,
+            "optim.warmup_steps": cfg.optim.warmup_steps, "train.steps": cfg.train.steps,
+            "train.batch_problems": cfg.train.batch_problems, "algo.group_size": cfg.algo.group_size,
+            "seed": cfg.seed}
 
 
 def rollout_metrics(rollouts: list[Rollout], prefix: str) -> dict:

@@ -186,6 +186,23 @@ def set_aside_earlier_run(run_dir: Path, say=print) -> Path | None:
     return dest
 
 
+def check_same_recipe(resume_from: Path, recipe: dict, allow_changes: bool, say=print) -> None:
+    """Resuming continues the same run: refuse (naming what changed) if the settings that define it differ
+    from those saved with the checkpoint (`state["recipe"]`), unless `allow_changes` (resume_changed=true)."""
+    saved = json.loads((Path(resume_from) / STATE_FILE).read_text()).get("recipe")
+    if saved is None:  # a checkpoint from before recipes were saved
+        return
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in recipe.items() if k in saved and saved[k] != v]
+    if not changed:
+        return
+    if allow_changes:
+        say(f"resume_changed=true: continuing {resume_from} although {'; '.join(changed)}")
+        return
+    raise ConfigError(f"resume: the checkpoint {str(resume_from)!r} was made with other settings: {'; '.join(changed)}; "
+                      "accepted: the checkpoint's settings, resume_changed=true to continue with the new ones, "
+                      "or overwrite=true to start afresh")
+
+
 def refuse_to_clobber(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """A fresh run must not silently replace the metrics and checkpoints of an earlier one."""
     if resume or overwrite:

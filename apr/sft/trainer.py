@@ -22,6 +22,7 @@ import numpy as np
 
 from apr.config import ConfigError, to_dict
 from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
+from apr.model.integrity import files_fingerprint
 from apr.sft import checkpoint as ckpt
 from apr.sft.config import SFTConfig
 from apr.sft.data import FitReport, Sequence, fit_to_window, load_split
@@ -122,6 +123,7 @@ class Trainer:
         self.val_batches = eval_batches(self.data.val, cfg.data.max_seq_len, pad, cfg.train.batch_rows,
                                         s.rank, s.world_size)
         self.total_steps = cfg.train.max_steps or cfg.train.num_epochs * self.loader.steps_in_epoch(0)
+        self.recipe = run_recipe(cfg, self.total_steps)
         resume_from = ckpt.latest(self.run_dir, self.say, s.is_main) if cfg.resume else None
         if cfg.resume and resume_from is None:
             self.say(f"resume=true but no checkpoint in {self.run_dir}: starting from step 0")
@@ -142,6 +144,7 @@ class Trainer:
         if saved is not None and saved != to_dict(cfg.model):
             raise ConfigError(f"model: got {to_dict(cfg.model)}; accepted: the model of the checkpoint being "
                               f"resumed ({resume_from}): {saved}")
+        ckpt.check_same_recipe(resume_from, self.recipe, cfg.resume_changed, self.say)
         model, _ = load_checkpoint(resume_from, cfg.model.attn_implementation)
         return model.train()
 
@@ -187,7 +190,7 @@ class Trainer:
 
     def save(self, path: Path) -> Path:
         state = {"step": self.step, "position": list(self.position), "total_steps": self.total_steps,
-                 "model": to_dict(self.cfg.model), "seed": self.cfg.seed}
+                 "model": to_dict(self.cfg.model), "seed": self.cfg.seed, "recipe": self.recipe}
         out = ckpt.save(path, self.strategy, self.tokenizer, state)
         if self.strategy.is_main:
             ckpt.prune(self.run_dir, self.cfg.checkpoint.keep_last)
@@ -233,6 +236,18 @@ class Trainer:
             tqdm.write(f"[sft] {msg}")  # keeps the progress bar intact
 
 
+def run_recipe(cfg: SFTConfig, total_steps: int) -> dict:
+    """What defines a run: `resume=true` with any of it changed is refused unless `resume_changed=true`."""
+    d = Path(cfg.data.dir)
+    files = [d / split / f"{cfg.data.solver}.jsonl" for split in ("train", "val")]
+    return {"data.dir contents": files_fingerprint(files), "data.solver": cfg.data.solver,
+            "data.max_seq_len": cfg.data.max_seq_len, "data.solved_only": cfg.data.solved_only,
+            "data.max_train_records": cfg.data.max_train_records, "optim.lr": cfg.optim.lr,
+            "optim.min_lr_ratio": cfg.optim.min_lr_ratio, "optim.warmup_steps": cfg.optim.warmup_steps,
+            "steps (train.max_steps, num_epochs)": total_steps, "train.batch_rows": cfg.train.batch_rows,
+            "train.grad_accum_steps": cfg.train.grad_accum_steps, "seed": cfg.seed}
+
+
 def _epoch_packing(loader: PackedLoader, row_len: int) -> float:
     rows = loader.epoch_rows(0)
     return sum(len(loader.seqs[i]) for row in rows for i in row) / (len(rows) * row_len)
@@ -248,4 +263,4 @@ def _seed_everything(seed: int, num_threads: int) -> None:
         torch.set_num_threads(num_threads)
 
 
-__all__ = ["EvalHook", "TrainData", "Trainer", "prepare_data"]
+__all__ = ["EvalHook", "TrainData", "Trainer", "prepare_data", "run_recipe"]

@@ -108,3 +108,29 @@ def test_overwrite_sets_the_earlier_run_aside(four_steps, data_dir, data_tokeniz
     assert json.loads((aside / "final" / "trainer_state.json").read_text())["step"] == 4
     assert (aside / "checkpoints" / "step_00000002" / "model.safetensors").is_file()
     assert [r["step"] for r in read_metrics(aside) if "train/loss" in r] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_settings_and_names_them(four_steps, data_dir, data_tokenizer, tmp_path):
+    run_dir = _copy(four_steps, tmp_path)
+    (run_dir / "final").rename(run_dir / "interrupted")  # an interrupted run: step 2 is the newest
+    with pytest.raises(ConfigError, match=r"resume: .*step_00000002' was made with other settings: optim.lr "
+                                          r"0.001 -> 0.002; steps \(train.max_steps, num_epochs\) 4 -> 5; accepted: .*"
+                                          r"resume_changed=true"):
+        Trainer(_cfg(data_dir, run_dir, resume=True, optim={"lr": 2e-3}, train={"max_steps": 5}), data_tokenizer).fit()
+    with pytest.raises(ConfigError, match="; data.solver 'sosp' -> 'apr'"):
+        Trainer(_cfg(data_dir, run_dir, resume=True, data={"solver": "apr"}), data_tokenizer).fit()
+    regenerated = tmp_path / "data"
+    shutil.copytree(data_dir, regenerated)
+    with open(regenerated / "train" / "sosp.jsonl", "a") as f:  # e.g. data regenerated with more problems
+        f.write((data_dir / "train" / "sosp.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(ConfigError, match="other settings: data.dir contents [0-9a-f']+ -> "):
+        Trainer(_cfg(regenerated, run_dir, resume=True), data_tokenizer).fit()
+    assert not (run_dir / "final").exists()  # nothing was trained or written by the refused runs
+
+
+def test_resume_changed_continues_with_the_new_settings(four_steps, data_dir, data_tokenizer, tmp_path, capsys):
+    run_dir = _copy(four_steps, tmp_path)
+    summary = Trainer(_cfg(data_dir, run_dir, resume=True, resume_changed=True, train={"max_steps": 5}),
+                      data_tokenizer).fit()
+    assert summary["step"] == 5 and len(summary["losses"]) == 1
+    assert "resume_changed=true: continuing" in capsys.readouterr().out
