@@ -33,7 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     from apr.api import Reasoner
+    from apr.engine.local import check_device_available
     from apr.runtime import RuntimeConfig
+
+    check_device_available(args.device, "--device")
 
     limits = RuntimeConfig(max_children=args.max_children, max_depth=args.max_depth,
                            max_thread_tokens=args.max_thread_tokens, max_total_tokens=args.max_total_tokens,

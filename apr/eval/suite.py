@@ -61,7 +61,24 @@ def rl_pairs(models: Sequence[str]) -> dict[str, str]:
     return {m: m + RL_SUFFIX for m in models if m + RL_SUFFIX in models}
 
 
-def check_fingerprint(out_dir: Path, fingerprint: dict) -> None:
+def fingerprint_of(models: dict[str, str], problems: Sequence, cfg: EvalConfig, data: dict | None) -> dict:
+    """What the records in an out_dir were made from: data, limits, checkpoints (paths and weights), problems."""
+    return {"data": data or {}, "limits": {**cfg.limits, "seed": cfg.seed}, "models": dict(models),
+            "weights": {name: weights_hash(path) for name, path in models.items()},
+            "problems": problem_hashes(problems)}
+
+
+def check_settings(models: Sequence[str], cfg: EvalConfig) -> None:
+    """Every model runs at least one setting (else its report would be silently empty)."""
+    for name in models:
+        if not plan_settings(name, cfg):
+            raise ConfigError(f"eval.temperatures: got {list(cfg.temperatures)}, so model {name!r} runs no setting "
+                              "(it has no eval.conditions, and no cons@n curve: eval.cons_pass_n="
+                              f"{cfg.cons_pass_n}, eval.cons_pass_models={list(cfg.cons_pass_models)}); accepted: "
+                              "at least one temperature, e.g. eval.temperatures=[0.0]")
+
+
+def check_fingerprint(out_dir: Path, fingerprint: dict, write: bool = True) -> None:
     """Refuse to mix records made under different limits, on other problems or from other checkpoints
     (another path, or other weights at the same path) into one run dir."""
     path = out_dir / "fingerprint.json"
@@ -87,8 +104,9 @@ def check_fingerprint(out_dir: Path, fingerprint: dict) -> None:
     merged = {**fingerprint, "models": {**old.get("models", {}), **fingerprint["models"]},
               "weights": {**old.get("weights", {}), **fingerprint.get("weights", {})},
               "problems": max(old_problems, problems, key=len)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2))
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2))
 
 
 def problem_hashes(problems: Sequence) -> list[str]:
@@ -105,9 +123,8 @@ def run_suite(models: dict[str, str], load: Callable[[str], object], problems: S
     Returns what `write_report` takes: `{"config", "data", "models": {name: {"path", "settings"}}, "rl_pairs"}`.
     """
     out = Path(out_dir)
-    check_fingerprint(out, {"data": data or {}, "limits": {**cfg.limits, "seed": cfg.seed}, "models": dict(models),
-                            "weights": {name: weights_hash(path) for name, path in models.items()},
-                            "problems": problem_hashes(problems)})
+    check_settings(list(models), cfg)
+    check_fingerprint(out, fingerprint_of(models, problems, cfg, data))
     summary: dict = {"config": to_dict(cfg), "data": {**(data or {}), "num_problems": len(problems)},
                      "models": {}, "rl_pairs": rl_pairs(list(models))}
     for name, path in models.items():

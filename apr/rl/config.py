@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from apr.config import check
+from apr.config import ConfigError, check
 from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES
 from apr.runtime import RuntimeConfig
 from apr.sft.config import WandbConfig
@@ -238,7 +238,9 @@ class RLConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
-        check(bool(self.init), "init", self.init, "the directory of an SFT checkpoint (e.g. runs/sft/<name>/final)")
+        if not self.init or self.init == "???":  # "???": Hydra's mark of a value the command line must give
+            raise ConfigError("init: not given; accepted: the directory of an SFT checkpoint, e.g. "
+                              "init=runs/sft/n3_tiny_apr/final")
         if self.rollout.engine == "sglang":
             urls = self.rollout.engine_options.get("urls") or []
             check(len(urls) >= self.dist.num_rollout_workers, "rollout.engine_options.urls", urls,

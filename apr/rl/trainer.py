@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from apr.config import ConfigError, to_dict
-from apr.model.integrity import files_fingerprint, weights_hash
+from apr.model.integrity import check_checkpoint, files_fingerprint, weights_hash
 from apr.rl.batch import sequences_from_trees
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy
@@ -244,6 +244,20 @@ class RLTrainer:
             raise e
         raise RLError(f"RL run stopped at step {self.step} in phase {self.phase!r}: {type(e).__name__}: {e}. "
                       f"Saved: {saved}. Details: {self.run_dir / 'error.json'}; resume=true continues.") from e
+
+
+def check_inputs(cfg: RLConfig) -> None:
+    """The files the run reads exist and are intact: call it before any actor starts, so a typo is one
+    clear line rather than an actor's traceback."""
+    init = Path(cfg.init)
+    for name in ("config.json", "tokenizer.json"):
+        if not (init / name).is_file():
+            raise ConfigError(f"init: {cfg.init!r} has no {name}; accepted: the directory of an SFT checkpoint "
+                              "(model and tokenizer), e.g. runs/sft/<name>/final")
+    check_checkpoint(init, "init")
+    load_problems(cfg.data.dir, cfg.data.split, 1)
+    if cfg.rollout.eval_problems:
+        load_problems(cfg.data.dir, cfg.rollout.eval_split, 1)
 
 
 def run_recipe(cfg: RLConfig) -> dict:

@@ -203,6 +203,15 @@ def check_same_recipe(resume_from: Path, recipe: dict, allow_changes: bool, say=
                       "or overwrite=true to start afresh")
 
 
+def check_resume_early(run_dir: Path, recipe: dict, allow_changes: bool) -> None:
+    """`check_same_recipe` against the newest checkpoint that looks intact, before anything runs (the
+    trainer checks again, with hashes, when it resumes)."""
+    for path in candidates(run_dir):
+        if find_damage(path) is None:
+            check_same_recipe(path, recipe, allow_changes, say=lambda _: None)
+            return
+
+
 def refuse_to_clobber(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """A fresh run must not silently replace the metrics and checkpoints of an earlier one."""
     if resume or overwrite:
