@@ -150,6 +150,9 @@ class Reasoner:
             fail("engine", engine, ", ".join(ENGINES))
         from transformers import AutoTokenizer
 
+        from apr.model.integrity import check_checkpoint
+
+        check_checkpoint(path, "model")
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(_ENGINE_LOADERS[engine](str(path), **engine_options), tokenizer, runtime)
 

@@ -43,6 +43,19 @@ class Parser:
 
     def __init__(self, fn: typing.Callable[[Any, str], Any]) -> None:
         self.fn = fn
+def _describe(tp: Any) -> str:
+    """A type as a user reads it: `int | None` -> "an integer or null"."""
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        return "a list"
+    if origin in (dict, Mapping) or tp is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _convert(tp: Any, value: Any, field: str) -> Any:
@@ -64,7 +77,7 @@ def _convert(tp: Any, value: Any, field: str) -> Any:
                 return _convert(arg, value, field)
             except ConfigError as e:
                 errors.append(str(e))
-        fail(field, value, " or ".join(str(a) for a in args))
+        fail(field, value, " or ".join(_describe(a) for a in args))
     if origin is typing.Literal:
         check(value in args, field, value, "one of " + ", ".join(repr(a) for a in args))
         return value

@@ -9,21 +9,36 @@ from __future__ import annotations
 
 import hydra
 
-from apr.cli.common import config_dir, run_clean, to_container
+from apr.cli.common import check_writable_dir, config_dir, run_clean, to_container
 
 
-def run(c: dict) -> dict:
+def configs(c: dict) -> tuple:
+    """(task, {name: solver}, data, tokenizer) configs from the composed config, every field checked."""
     from apr.config import from_dict
-    from apr.datagen import DataConfig, generate_dataset
-    from apr.datagen.stats import to_markdown
+    from apr.datagen import DataConfig
     from apr.search import SearchConfig
     from apr.task import CountdownConfig
     from apr.tokenizer import TokenizerConfig
 
     task = from_dict(CountdownConfig, c["task"], "task")
     solvers = {name: from_dict(SearchConfig, s, f"solvers.{name}") for name, s in c["solvers"].items()}
-    data = from_dict(DataConfig, c["data"], "data")
-    tok = from_dict(TokenizerConfig, c["tokenizer"], "tokenizer")
+    return task, solvers, from_dict(DataConfig, c["data"], "data"), from_dict(TokenizerConfig, c["tokenizer"], "tokenizer")
+
+
+def preflight(c: dict) -> None:
+    """What can refuse the run, checked before Hydra writes into data.out_dir (`apr.cli.common.Preflight`)."""
+    from apr.datagen.build import check_generation
+
+    task, _, data, _ = configs(c)
+    check_writable_dir(data.out_dir, "data.out_dir")
+    check_generation(task, data)
+
+
+def run(c: dict) -> dict:
+    from apr.datagen import generate_dataset
+    from apr.datagen.stats import to_markdown
+
+    task, solvers, data, tok = configs(c)
     stats = generate_dataset(task, solvers, data, tok)
     print(to_markdown(stats))
     print(f"wrote {data.out_dir}")

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import hydra
 
-from apr.cli.common import config_dir, run_clean, to_container
+from apr.cli.common import check_writable_dir, config_dir, run_clean, to_container
 
 
-def run(c: dict) -> dict:
+def inputs(c: dict) -> tuple:
+    """(EvalConfig, {name: checkpoint dir}, problems, engine config) from the composed config, every field checked."""
     import json
     from pathlib import Path
 
-    from apr.api import Reasoner
-    from apr.config import ConfigError, from_dict
-    from apr.engine.config import engine_config, engine_name, engine_options, with_window
-    from apr.eval import EvalConfig, run_suite
-    from apr.eval.report import write_report
+    from apr.config import ConfigError, check, from_dict
+    from apr.engine.config import engine_config, with_window
+    from apr.eval import EvalConfig
     from apr.task import Problem
 
     cfg = from_dict(EvalConfig, c["eval"], "eval")
@@ -37,11 +36,43 @@ def run(c: dict) -> dict:
     models = {name: path for name, path in (c["models"] or {}).items() if path}
     if not models:
         raise ConfigError("models: empty; add checkpoints with models.<name>=<dir>, e.g. models.apr=runs/sft/apr/final")
+    n = c["num_problems"]
+    check(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1), "num_problems", n,
+          "a positive integer, or null for the whole split")
     problems_path = Path(c["data_dir"]) / c["split"] / "problems.jsonl"
     if not problems_path.is_file():
         raise ConfigError(f"data_dir: {str(problems_path)!r} not found; generate data with python -m apr.cli.data")
     problems = [Problem.from_dict(json.loads(line)) for line in open(problems_path) if line.strip()]
-    problems = problems[: c["num_problems"]] if c["num_problems"] else problems
+    return cfg, models, problems[:n] if n else problems, engine
+
+
+def preflight(c: dict) -> None:
+    """What can refuse the run, checked before Hydra writes into out_dir (`apr.cli.common.Preflight`)."""
+    from pathlib import Path
+
+    from apr.config import ConfigError
+    from apr.eval.suite import check_fingerprint, check_settings, fingerprint_of
+    from apr.model.integrity import check_checkpoint
+
+    cfg, models, problems, _ = inputs(c)
+    for name, path in models.items():
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"models.{name}: {path!r} is not a model directory (no config.json); accepted: a "
+                              "checkpoint directory, e.g. runs/sft/<name>/final")
+        check_checkpoint(path, f"models.{name}")
+    check_settings(list(models), cfg)
+    check_writable_dir(c["out_dir"], "out_dir")
+    data = {"data_dir": str(c["data_dir"]), "split": c["split"]}
+    check_fingerprint(Path(c["out_dir"]), fingerprint_of(models, problems, cfg, data), write=False)
+
+
+def run(c: dict) -> dict:
+    from apr.api import Reasoner
+    from apr.engine.config import engine_name, engine_options
+    from apr.eval import run_suite
+    from apr.eval.report import write_report
+
+    cfg, models, problems, engine = inputs(c)
     kind, options = engine_name(engine), engine_options(engine)
     summary = run_suite(models, lambda path: Reasoner.from_pretrained(path, engine=kind, **options), problems, cfg,
                         c["out_dir"], data={"data_dir": str(c["data_dir"]), "split": c["split"]})

@@ -18,7 +18,24 @@ import sys
 
 import hydra
 
-from apr.cli.common import config_dir, print_error, run_clean, to_container
+from apr.cli.common import check_writable_dir, config_dir, print_error, run_clean, to_container
+
+
+def preflight(c: dict) -> None:
+    """What can refuse the run, checked before Hydra writes into run_dir (`apr.cli.common.Preflight`)."""
+    from pathlib import Path
+
+    from apr.config import from_dict
+    from apr.rl.config import RLConfig
+    from apr.rl.trainer import check_inputs, run_recipe
+    from apr.sft import checkpoint as ckpt
+
+    cfg = from_dict(RLConfig, c, "")
+    check_writable_dir(cfg.run_dir, "run_dir")
+    ckpt.refuse_to_clobber(Path(cfg.run_dir), cfg.resume, cfg.overwrite)
+    check_inputs(cfg)
+    if cfg.resume:
+        ckpt.check_resume_early(Path(cfg.run_dir), run_recipe(cfg), cfg.resume_changed)
 
 
 def run(c: dict) -> dict:
@@ -26,9 +43,10 @@ def run(c: dict) -> dict:
     from apr.config import from_dict
     from apr.dist import make_cluster
     from apr.rl.config import RLConfig
-    from apr.rl.trainer import RLTrainer
+    from apr.rl.trainer import RLTrainer, check_inputs
 
     cfg = from_dict(RLConfig, c, "")
+    check_inputs(cfg)  # before any actor starts
     return RLTrainer(cfg, make_cluster(cfg)).fit()
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hydra
 
-from apr.cli.common import config_dir, run_clean, to_container
+from apr.cli.common import check_writable_dir, config_dir, run_clean, to_container
 
 
 def load_tokenizer(data_dir: str):
@@ -34,13 +34,26 @@ def load_tokenizer(data_dir: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def val_problems_path(cfg):
+    """`<data.dir>/val/problems.jsonl`, which the solve-rate hook solves; a ConfigError if it is missing."""
+    from pathlib import Path
+
+    from apr.config import ConfigError
+
+    path = Path(cfg.data.dir) / "val" / "problems.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"data.dir: {cfg.data.dir!r} has no val/problems.jsonl for the solve-rate evaluation "
+                          f"(eval.num_problems={cfg.eval.num_problems}); accepted: a data directory with a "
+                          "validation split (data.num_val > 0), or eval.num_problems=0")
+    return path
+
+
 def solve_rate_hook(cfg, engine=None):
     """`evaluate(model, tokenizer, step) -> dict` over validation problems, or None if unavailable.
 
     `engine`: the hook's LocalEngineConfig (None: the local defaults at the data's window)."""
     import copy
     import json
-    from pathlib import Path
 
     if cfg.eval.num_problems == 0:
         return None
@@ -54,7 +67,7 @@ def solve_rate_hook(cfg, engine=None):
         return None
     from apr.task import Problem
 
-    path = Path(cfg.data.dir) / "val" / "problems.jsonl"
+    path = val_problems_path(cfg)
     with open(path) as f:
         problems = [Problem.from_dict(json.loads(line)) for line in f if line.strip()][:cfg.eval.num_problems]
     from apr.engine.config import engine_config, engine_options, with_window
@@ -74,6 +87,30 @@ def solve_rate_hook(cfg, engine=None):
         return out
 
     return evaluate
+
+
+def preflight(c: dict) -> None:
+    """What can refuse the run, checked before Hydra writes into run_dir (`apr.cli.common.Preflight`)."""
+    from pathlib import Path
+
+    from apr.config import ConfigError
+    from apr.sft import checkpoint as ckpt
+    from apr.sft.trainer import run_recipe
+
+    cfg, _ = load_config(c)
+    check_writable_dir(cfg.run_dir, "run_dir")
+    ckpt.refuse_to_clobber(Path(cfg.run_dir), cfg.resume, cfg.overwrite)
+    if not (Path(cfg.data.dir) / "train" / f"{cfg.data.solver}.jsonl").is_file():
+        raise ConfigError(f"data.dir: {cfg.data.dir!r} has no train/{cfg.data.solver}.jsonl; accepted: a "
+                          f"directory written by `python -m apr.cli.data data.out_dir={cfg.data.dir}`")
+    if cfg.eval.num_problems > 0:
+        val_problems_path(cfg)
+    load_tokenizer(cfg.data.dir)
+    if cfg.resume:
+        recipe = run_recipe(cfg, cfg.train.max_steps or 0)
+        if cfg.train.max_steps is None:  # the step count needs the data loaded: the trainer checks it
+            recipe = {k: v for k, v in recipe.items() if not k.startswith("steps")}
+        ckpt.check_resume_early(Path(cfg.run_dir), recipe, cfg.resume_changed)
 
 
 def run(c: dict, evaluate=None) -> dict:

@@ -61,8 +61,11 @@ def engine_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     from apr.api import Reasoner
     from apr.engine.config import engine_name, engine_options
+    from apr.engine.local import check_device_available
     from apr.runtime import RuntimeConfig
 
+    if args.device is not None:
+        check_device_available(args.device, "--device")
     engine = engine_from_args(args)
     limits = RuntimeConfig(max_children=args.max_children, max_depth=args.max_depth,
                            max_thread_tokens=args.max_thread_tokens, max_total_tokens=args.max_total_tokens,

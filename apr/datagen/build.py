@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from apr.protocol import render_tree
 from apr.search import SearchConfig, SearchResult, solve, with_prompt_prefix
 from apr.search import format as fmt
 from apr.task import CountdownConfig, Problem, make_splits
+from apr.task.splits import DEFAULT_FRACTIONS
 from apr.tokenizer import TokenizerConfig, build_tokenizer
 
 SPLITS = ("train", "val", "test")
@@ -138,6 +140,7 @@ def generate_dataset(task: CountdownConfig, searches: dict[str, SearchConfig], d
 
     from apr.datagen.stats import summarize, write_stats
 
+    check_generation(task, data)
     out = Path(data.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(tok_cfg)
@@ -163,6 +166,32 @@ def generate_dataset(task: CountdownConfig, searches: dict[str, SearchConfig], d
     stats = summarize(records, data.windows)
     write_stats(stats, out)
     return stats
+
+
+# The solvers' traces grow ~5x per number (APR traces on one core: N=6 ~0.7 s and ~80k tokens per
+# problem, N=7 ~2 s and ~300k, N=8 ~20 s and ~1.7M; N=20 does not finish): beyond this nothing fits a window.
+MAX_NUM_NUMBERS = 7
+
+
+def max_distinct_problems(task: CountdownConfig) -> int:
+    """An upper bound on the distinct problems of `task`: multisets of numbers x targets (fewer are solvable)."""
+    span = task.max_number - task.min_number + 1
+    return math.comb(span + task.num_numbers - 1, task.num_numbers) * (task.max_target - task.min_target + 1)
+
+
+def check_generation(task: CountdownConfig, data: DataConfig) -> None:
+    """Refuse at once what would hang or fail after minutes: too many numbers, more problems than exist."""
+    check(task.num_numbers <= MAX_NUM_NUMBERS, "task.num_numbers", task.num_numbers,
+          f"an integer from 2 to {MAX_NUM_NUMBERS} for data generation (traces grow ~5x per number: N=7 already "
+          "takes ~2 s and ~300k tokens per APR trace, N=8 ~20 s and ~1.7M)")
+    bound = max_distinct_problems(task)
+    shares = {"train": 1.0 - sum(DEFAULT_FRACTIONS.values()), **DEFAULT_FRACTIONS}  # what make_splits uses
+    for split, share in shares.items():
+        n = getattr(data, f"num_{split}")
+        check(n <= bound * share, f"data.num_{split}", n,
+              f"at most ~{int(bound * share):,}: {task.name} has at most {bound:,} distinct problems (numbers "
+              f"{task.min_number}..{task.max_number}, {task.num_numbers} of them; targets {task.min_target}.."
+              f"{task.max_target}; fewer are solvable), and about {share:.0%} of them fall in {split}")
 
 
 def check_windows(data: DataConfig, problems: list[Problem], tokenizer) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 import ray
 import torch
 
+from apr.config import ConfigError
 from apr.rl import group
 from apr.rl.algos import aggregation_denominator
 from apr.rl.batch import shard_rows
@@ -106,6 +107,26 @@ class WorkerActor(RolloutWorker):
         return self.set_weights(ray.get(refs), version)
 
 
+def _join_cluster(address: str) -> None:
+    """`ray.init(address)`, or one clear line: Ray itself raises a ConnectionError for `auto`, and retries a
+    dead `host:port` for minutes, so that is probed first."""
+    no_cluster = ConfigError(f"dist.address: no running Ray cluster found at {address!r}; accepted: the address "
+                             "of a running cluster (start one with `ray start --head`), or dist=ray_local to start "
+                             "one on this machine")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError:
+            raise no_cluster from None
+    try:
+        ray.init(address=address, logging_level="warning")
+    except ConnectionError:
+        raise no_cluster from None
+
+
 class RayCluster:
     def __init__(self, cfg: RLConfig) -> None:
         self.cfg = cfg
@@ -114,7 +135,7 @@ class RayCluster:
         self._tmp_dir: Path | None = None
         if not ray.is_initialized():
             if d.mode == "ray_cluster":
-                ray.init(address=d.address, logging_level="warning")
+                _join_cluster(d.address)
             else:
                 self._start_local(cfg)
         self.timeout = d.call_timeout_s

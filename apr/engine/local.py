@@ -34,6 +34,19 @@ from apr.engine.sequence import SeqStatus, Sequence
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_device_available(device: str, field: str) -> None:
+    """A CUDA device asked for where this torch cannot use one is a config error, not an AssertionError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        fail(field, device, "a torch device string such as cpu, cuda or cuda:0")
+    if dev.type != "cuda" or torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count():
+        return
+    why = ("this torch is a CPU-only build (install a CUDA build of torch)" if torch.version.cuda is None
+           else f"torch sees {torch.cuda.device_count()} CUDA device(s)")
+    fail(field, device, f"cpu here: {why}")
+
+
 @dataclass
 class LocalEngineConfig:
     """Sizes and placement of the local engine (validated; errors name `engine.<field>`).
@@ -82,6 +95,7 @@ class LocalEngineConfig:
             self.dtype = "bfloat16" if device.type == "cuda" else "float32"
         check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES) + " or None")
         check(isinstance(self.cuda_graphs, bool), "engine.cuda_graphs", self.cuda_graphs, "true or false")
+        check_device_available(self.device, "engine.device")
         check(isinstance(self.compile, bool), "engine.compile", self.compile, "true or false")
         rows = self.attention_chunk_rows
         check(isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0, "engine.attention_chunk_rows",

@@ -37,6 +37,8 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check(len(self.windows) > 0 and all(w > 0 for w in self.windows), "eval.windows", list(self.windows),
+              "a non-empty list of positive token counts, e.g. [256, 512, 1024]")
         check(self.max_thread_tokens >= max(self.windows, default=0), "eval.max_thread_tokens",
               self.max_thread_tokens, f">= the largest of eval.windows ({max(self.windows, default=0)})")
         check(all(t >= 0 for t in self.temperatures), "eval.temperatures", list(self.temperatures),

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from apr.config import ConfigError, to_dict
 from apr.eval.metrics import EvalRecord, sample_curve, summarize_records
 from apr.eval.run import EvalConfig, Setting, evaluate
+from apr.model.integrity import weights_hash
 
 RL_SUFFIX = "_rl"
 
@@ -59,21 +61,58 @@ def rl_pairs(models: Sequence[str]) -> dict[str, str]:
     return {m: m + RL_SUFFIX for m in models if m + RL_SUFFIX in models}
 
 
-def check_fingerprint(out_dir: Path, fingerprint: dict) -> None:
-    """Refuse to mix records made under different limits or from other checkpoints into one run dir."""
+def fingerprint_of(models: dict[str, str], problems: Sequence, cfg: EvalConfig, data: dict | None) -> dict:
+    """What the records in an out_dir were made from: data, limits, checkpoints (paths and weights), problems."""
+    return {"data": data or {}, "limits": {**cfg.limits, "seed": cfg.seed}, "models": dict(models),
+            "weights": {name: weights_hash(path) for name, path in models.items()},
+            "problems": problem_hashes(problems)}
+
+
+def check_settings(models: Sequence[str], cfg: EvalConfig) -> None:
+    """Every model runs at least one setting (else its report would be silently empty)."""
+    for name in models:
+        if not plan_settings(name, cfg):
+            raise ConfigError(f"eval.temperatures: got {list(cfg.temperatures)}, so model {name!r} runs no setting "
+                              "(it has no eval.conditions, and no cons@n curve: eval.cons_pass_n="
+                              f"{cfg.cons_pass_n}, eval.cons_pass_models={list(cfg.cons_pass_models)}); accepted: "
+                              "at least one temperature, e.g. eval.temperatures=[0.0]")
+
+
+def check_fingerprint(out_dir: Path, fingerprint: dict, write: bool = True) -> None:
+    """Refuse to mix records made under different limits, on other problems or from other checkpoints
+    (another path, or other weights at the same path) into one run dir."""
     path = out_dir / "fingerprint.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     for key in ("data", "limits"):
         if key in old and old[key] != fingerprint[key]:
             raise ConfigError(f"out_dir: {str(out_dir)!r} holds records made with {key} {old[key]}, not "
                               f"{fingerprint[key]}; use another out_dir or delete its records to start over")
+    old_problems, problems = old.get("problems", []), fingerprint.get("problems", [])
+    for i, (a, b) in enumerate(zip(old_problems, problems)):
+        if a != b:
+            raise ConfigError(f"data_dir: problem {i} differs from the one {str(out_dir)!r} holds records of (the "
+                              "data was regenerated?); use another out_dir or delete its records to start over")
     for name, ckpt in fingerprint["models"].items():
         if old.get("models", {}).get(name, ckpt) != ckpt:
             raise ConfigError(f"models.{name}: {str(out_dir)!r} holds its records from {old['models'][name]!r}, "
                               f"not {ckpt!r}; use another out_dir or another model name")
-    merged = {**fingerprint, "models": {**old.get("models", {}), **fingerprint["models"]}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2))
+        weights = fingerprint.get("weights", {}).get(name)
+        if old.get("weights", {}).get(name, weights) != weights:
+            raise ConfigError(f"models.{name}: {ckpt!r} holds other weights than when {str(out_dir)!r} recorded "
+                              f"its results (retrained?); use another out_dir, or delete records_{name}_*.jsonl "
+                              "to evaluate it afresh")
+    merged = {**fingerprint, "models": {**old.get("models", {}), **fingerprint["models"]},
+              "weights": {**old.get("weights", {}), **fingerprint.get("weights", {})},
+              "problems": max(old_problems, problems, key=len)}
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2))
+
+
+def problem_hashes(problems: Sequence) -> list[str]:
+    """A short hash of each problem, so records are never matched to regenerated problems by index alone."""
+    return [hashlib.sha256(json.dumps(p.to_dict() if hasattr(p, "to_dict") else repr(p), sort_keys=True)
+                           .encode()).hexdigest()[:12] for p in problems]
 
 
 def run_suite(models: dict[str, str], load: Callable[[str], object], problems: Sequence, cfg: EvalConfig,
@@ -84,7 +123,8 @@ def run_suite(models: dict[str, str], load: Callable[[str], object], problems: S
     Returns what `write_report` takes: `{"config", "data", "models": {name: {"path", "settings"}}, "rl_pairs"}`.
     """
     out = Path(out_dir)
-    check_fingerprint(out, {"data": data or {}, "limits": {**cfg.limits, "seed": cfg.seed}, "models": dict(models)})
+    check_settings(list(models), cfg)
+    check_fingerprint(out, fingerprint_of(models, problems, cfg, data))
     summary: dict = {"config": to_dict(cfg), "data": {**(data or {}), "num_problems": len(problems)},
                      "models": {}, "rl_pairs": rl_pairs(list(models))}
     for name, path in models.items():

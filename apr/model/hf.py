@@ -64,9 +64,12 @@ def load_checkpoint(path: str | Path, attn_implementation: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from apr.model.integrity import check_checkpoint
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ConfigError(f"checkpoint: {str(path)!r} is not an HF model directory (no config.json)")
+    check_checkpoint(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     return model, AutoTokenizer.from_pretrained(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from apr.config import check
+from apr.config import ConfigError, check
 from apr.engine.config import EngineConfig, engine_config, engine_name, with_window
 from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES
 from apr.runtime import RuntimeConfig
@@ -241,6 +241,7 @@ class RLConfig:
     run_dir: str = "runs/rl/rl"
     seed: int = 0
     resume: bool = False
+    resume_changed: bool = False  # resume even though data, init, lr, steps or seed changed (else refused)
     overwrite: bool = False
     data: RLDataConfig = field(default_factory=RLDataConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -257,7 +258,9 @@ class RLConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
-        check(bool(self.init), "init", self.init, "the directory of an SFT checkpoint (e.g. runs/sft/<name>/final)")
+        if not self.init or self.init == "???":  # "???": Hydra's mark of a value the command line must give
+            raise ConfigError("init: not given; accepted: the directory of an SFT checkpoint, e.g. "
+                              "init=runs/sft/n3_tiny_apr/final")
         self.engine = with_window(engine_config(self.engine), self.rollout.runtime.max_thread_tokens)
         if engine_name(self.engine) == "sglang":
             urls = self.engine.urls

@@ -14,13 +14,13 @@ The cluster is `InProcessCluster` here (`dist=none`) or `apr.dist.RayCluster` (`
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import traceback
 from pathlib import Path
 
 from apr.config import ConfigError, to_dict
+from apr.model.integrity import check_checkpoint, files_fingerprint, weights_hash
 from apr.rl.batch import sequences_from_trees
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy
@@ -106,11 +106,16 @@ class RLTrainer:
         self.eval_problems = load_problems(cfg.data.dir, r.eval_split, r.eval_problems) if r.eval_problems else []
         self.step = 0
         self.phase = "setup"
+        self.recipe = run_recipe(cfg)
 
     # ---- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
-        resume_from = self._start()
+        try:
+            resume_from = self._start()
+        except BaseException:
+            self.cluster.close()  # e.g. a refused resume: stop the actors the cluster started
+            raise
         self.log = MetricsLog(self.run_dir, cfg.wandb, cfg.name, to_dict(cfg),
                               resume_step=self.step if resume_from else None)
         bar = _progress(cfg.train.steps, self.step, cfg.progress)
@@ -203,14 +208,13 @@ class RLTrainer:
     def _start(self) -> Path | None:
         cfg = self.cfg
         ckpt.refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
-        if cfg.overwrite and not cfg.resume and self.run_dir.exists():
-            for name in ("checkpoints", "final", "metrics.jsonl", "summary.json", "error.json"):
-                p = self.run_dir / name
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if cfg.overwrite and not cfg.resume:
+            ckpt.set_aside_earlier_run(self.run_dir, _say)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        resume_from = ckpt.latest(self.run_dir) if cfg.resume else None
+        resume_from = ckpt.latest(self.run_dir, _say) if cfg.resume else None
         if resume_from is not None:
+            ckpt.check_same_recipe(resume_from, run_recipe(cfg), cfg.resume_changed, _say)
             self.phase = "resume"
             self.cluster.load(resume_from)
             state = json.loads((resume_from / ckpt.STATE_FILE).read_text())
@@ -232,13 +236,11 @@ class RLTrainer:
         tmp.mkdir(parents=True)
         self.cluster.save(tmp)
         state = {"step": self.step, "problems_consumed": self.step * self.cfg.train.batch_problems,
-                 "seed": self.cfg.seed}
+                 "seed": self.cfg.seed, "recipe": self.recipe}
         if self.budget is not None:
             state["budget"] = self.budget.state()
         (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        ckpt.publish(tmp, path)
         return path
 
     def _due(self, every: int) -> bool:
@@ -260,6 +262,31 @@ class RLTrainer:
             raise e
         raise RLError(f"RL run stopped at step {self.step} in phase {self.phase!r}: {type(e).__name__}: {e}. "
                       f"Saved: {saved}. Details: {self.run_dir / 'error.json'}; resume=true continues.") from e
+
+
+def check_inputs(cfg: RLConfig) -> None:
+    """The files the run reads exist and are intact: call it before any actor starts, so a typo is one
+    clear line rather than an actor's traceback."""
+    init = Path(cfg.init)
+    for name in ("config.json", "tokenizer.json"):
+        if not (init / name).is_file():
+            raise ConfigError(f"init: {cfg.init!r} has no {name}; accepted: the directory of an SFT checkpoint "
+                              "(model and tokenizer), e.g. runs/sft/<name>/final")
+    check_checkpoint(init, "init")
+    load_problems(cfg.data.dir, cfg.data.split, 1)
+    if cfg.rollout.eval_problems:
+        load_problems(cfg.data.dir, cfg.rollout.eval_split, 1)
+
+
+def run_recipe(cfg: RLConfig) -> dict:
+    """What defines a run: `resume=true` with any of it changed is refused unless `resume_changed=true`."""
+    return {"data.dir contents": files_fingerprint([Path(cfg.data.dir) / cfg.data.split / "problems.jsonl"]),
+            "data.split": cfg.data.split, "data.max_problems": cfg.data.max_problems,
+            "init weights": weights_hash(cfg.init), "optim.lr": cfg.optim.lr, "optim.critic_lr": cfg.optim.critic_lr,
+            "optim.warmup_steps": cfg.optim.warmup_steps, "train.steps": cfg.train.steps,
+            "train.max_minutes": cfg.train.max_minutes,
+            "train.batch_problems": cfg.train.batch_problems, "algo.group_size": cfg.algo.group_size,
+            "seed": cfg.seed}
 
 
 def rollout_metrics(rollouts: list[Rollout], prefix: str) -> dict:

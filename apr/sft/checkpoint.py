@@ -25,6 +25,7 @@ import numpy as np
 
 from apr.config import ConfigError
 from apr.model import save_checkpoint
+from apr.model.integrity import find_damage, write_manifest
 
 STATE_FILE = "trainer_state.json"
 
@@ -66,11 +67,17 @@ def save(path: Path, strategy, tokenizer, state: dict) -> Path:
     strategy.barrier()
     if strategy.is_main:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        if path.exists():  # the same step written again (e.g. a rerun): replace it whole
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish(tmp, path)
     strategy.barrier()
     return path
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Seal a complete checkpoint written in `tmp` (manifest of sizes and hashes) and rename it to `path`."""
+    write_manifest(tmp)
+    if path.exists():  # the same step written again (e.g. a rerun): replace it whole
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def load(path: Path, strategy) -> dict:
@@ -95,15 +102,53 @@ def periodic(run_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("_")[1]))
 
 
-def latest(run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: the newest of the periodic ones and `final`."""
-    candidates = periodic(run_dir)
+def _step(path: Path) -> int:
+    try:
+        return int(json.loads((path / STATE_FILE).read_text())["step"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return int(path.name.split("_")[1]) if path.name.startswith("step_") else -1
+
+
+def candidates(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (periodic and `final`), newest first."""
+    found = periodic(run_dir)
     final = Path(run_dir) / "final"
     if (final / STATE_FILE).is_file():
-        candidates.append(final)
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: json.loads((p / STATE_FILE).read_text())["step"])
+        found.append(final)
+    return sorted(found, key=_step, reverse=True)
+
+
+def latest(run_dir: Path, say=print, move_aside: bool = True) -> Path | None:
+    """The checkpoint to resume from: the newest intact one of the periodic ones and `final`.
+
+    Each candidate's files are verified against the sizes and hashes written at save time; a damaged
+    one is moved aside to `<run_dir>/damaged/` (never deleted; by the main process only: `move_aside`)
+    and the next older one is tried."""
+    found = candidates(run_dir)
+    damaged = []
+    for path in found:
+        problem = find_damage(path, verify_hashes=True)
+        if problem is None:
+            if damaged:
+                say(f"resuming from {path}, the newest intact checkpoint")
+            return path
+        damaged.append(f"{path.name} ({problem})")
+        if move_aside:
+            aside = _move_aside(path, Path(run_dir) / "damaged")
+            say(f"checkpoint {path} is damaged: {problem}; moved it to {aside} and trying the next older one")
+    if damaged:
+        raise ConfigError(f"resume: every checkpoint in {str(run_dir)!r} is damaged: {'; '.join(damaged)} (moved "
+                          f"to {Path(run_dir) / 'damaged'}); accepted: overwrite=true to start afresh")
+    return None
+
+
+def _move_aside(path: Path, root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    dest, i = root / path.name, 1
+    while dest.exists():
+        dest, i = root / f"{path.name}.{i}", i + 1
+    os.replace(path, dest)
+    return dest
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
@@ -112,6 +157,59 @@ def prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in (Path(run_dir) / "checkpoints").glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# what a run writes into its run_dir (besides Hydra's .hydra/, which the new run has already replaced)
+RUN_FILES = ("checkpoints", "final", "damaged", "metrics.jsonl", "summary.json", "error.json", "run_info.json",
+             "config.json", "wandb_id.txt", "wandb")
+
+
+def set_aside_earlier_run(run_dir: Path, say=print) -> Path | None:
+    """`overwrite=true`: move everything an earlier run wrote into `<run_dir>/replaced/<UTC time>/`.
+
+    Nothing trained is deleted (delete that folder to free the space), and nothing of the earlier
+    run (e.g. a newer-numbered checkpoint) can be mistaken for the new run's on a later resume."""
+    import time
+
+    run_dir = Path(run_dir)
+    found = [run_dir / n for n in RUN_FILES if (run_dir / n).exists()]
+    if not found:
+        return None
+    dest = run_dir / "replaced" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    while dest.exists():
+        dest = dest.with_name(dest.name + "_")
+    dest.mkdir(parents=True)
+    for p in found:
+        os.replace(p, dest / p.name)
+    say(f"overwrite=true: moved the earlier run's {', '.join(p.name for p in found)} to {dest} "
+        "(delete it to free the space)")
+    return dest
+
+
+def check_same_recipe(resume_from: Path, recipe: dict, allow_changes: bool, say=print) -> None:
+    """Resuming continues the same run: refuse (naming what changed) if the settings that define it differ
+    from those saved with the checkpoint (`state["recipe"]`), unless `allow_changes` (resume_changed=true)."""
+    saved = json.loads((Path(resume_from) / STATE_FILE).read_text()).get("recipe")
+    if saved is None:  # a checkpoint from before recipes were saved
+        return
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in recipe.items() if k in saved and saved[k] != v]
+    if not changed:
+        return
+    if allow_changes:
+        say(f"resume_changed=true: continuing {resume_from} although {'; '.join(changed)}")
+        return
+    raise ConfigError(f"resume: the checkpoint {str(resume_from)!r} was made with other settings: {'; '.join(changed)}; "
+                      "accepted: the checkpoint's settings, resume_changed=true to continue with the new ones, "
+                      "or overwrite=true to start afresh")
+
+
+def check_resume_early(run_dir: Path, recipe: dict, allow_changes: bool) -> None:
+    """`check_same_recipe` against the newest checkpoint that looks intact, before anything runs (the
+    trainer checks again, with hashes, when it resumes)."""
+    for path in candidates(run_dir):
+        if find_damage(path) is None:
+            check_same_recipe(path, recipe, allow_changes, say=lambda _: None)
+            return
 
 
 def refuse_to_clobber(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -154,7 +154,8 @@ class SFTConfig:
     run_dir: str = "runs/sft/sft"
     seed: int = 0
     resume: bool = False  # continue from the newest checkpoint in run_dir (exactly)
-    overwrite: bool = False  # allow a fresh run in a run_dir that already holds one (its files are replaced)
+    resume_changed: bool = False  # resume even though data, solver, lr, steps or seed changed (else refused)
+    overwrite: bool = False  # a fresh run in a run_dir that holds one (its files move to <run_dir>/replaced/)
 
     def __post_init__(self) -> None:
         check(self.data.max_seq_len <= self.model.max_position_embeddings, "data.max_seq_len",

@@ -22,6 +22,7 @@ import numpy as np
 
 from apr.config import ConfigError, to_dict
 from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
+from apr.model.integrity import files_fingerprint
 from apr.sft import checkpoint as ckpt
 from apr.sft.budget import TimeBudget
 from apr.sft.config import SFTConfig
@@ -118,6 +119,8 @@ class Trainer:
         cfg = self.cfg
         ckpt.refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
         self.strategy = STRATEGIES[cfg.train.strategy](cfg.train, cfg.optim)
+        if cfg.overwrite and not cfg.resume and self.strategy.is_main:
+            ckpt.set_aside_earlier_run(self.run_dir, self.say)
         _seed_everything(cfg.seed, cfg.train.num_threads)
         self.data = self.data or prepare_data(cfg, self.tokenizer)
         pad = self.tokenizer.pad_token_id
@@ -128,7 +131,8 @@ class Trainer:
                                         s.rank, s.world_size)
         self.total_steps = cfg.train.max_steps or (
             None if cfg.train.max_minutes else cfg.train.num_epochs * self.loader.steps_in_epoch(0))
-        resume_from = ckpt.latest(self.run_dir) if cfg.resume else None
+        self.recipe = run_recipe(cfg, self.total_steps)
+        resume_from = ckpt.latest(self.run_dir, self.say, s.is_main) if cfg.resume else None
         if cfg.resume and resume_from is None:
             self.say(f"resume=true but no checkpoint in {self.run_dir}: starting from step 0")
         model = self.load_or_build_model(resume_from)
@@ -161,6 +165,7 @@ class Trainer:
         if saved is not None and saved != to_dict(cfg.model):
             raise ConfigError(f"model: got {to_dict(cfg.model)}; accepted: the model of the checkpoint being "
                               f"resumed ({resume_from}): {saved}")
+        ckpt.check_same_recipe(resume_from, self.recipe, cfg.resume_changed, self.say)
         model, _ = load_checkpoint(resume_from, cfg.model.attn_implementation)
         return model.train()
 
@@ -206,7 +211,7 @@ class Trainer:
 
     def save(self, path: Path) -> Path:
         state = {"step": self.step, "position": list(self.position), "total_steps": self.total_steps,
-                 "model": to_dict(self.cfg.model), "seed": self.cfg.seed}
+                 "model": to_dict(self.cfg.model), "seed": self.cfg.seed, "recipe": self.recipe}
         if self.budget is not None:
             state["budget"] = self.budget.state()
         out = ckpt.save(path, self.strategy, self.tokenizer, state)
@@ -255,6 +260,19 @@ class Trainer:
             tqdm.write(f"[sft] {msg}")  # keeps the progress bar intact
 
 
+def run_recipe(cfg: SFTConfig, total_steps: int | None) -> dict:
+    """What defines a run: `resume=true` with any of it changed is refused unless `resume_changed=true`."""
+    d = Path(cfg.data.dir)
+    files = [d / split / f"{cfg.data.solver}.jsonl" for split in ("train", "val")]
+    return {"data.dir contents": files_fingerprint(files), "data.solver": cfg.data.solver,
+            "data.max_seq_len": cfg.data.max_seq_len, "data.solved_only": cfg.data.solved_only,
+            "data.max_train_records": cfg.data.max_train_records, "optim.lr": cfg.optim.lr,
+            "optim.min_lr_ratio": cfg.optim.min_lr_ratio, "optim.warmup_steps": cfg.optim.warmup_steps,
+            "steps (train.max_steps, num_epochs)": total_steps, "train.max_minutes": cfg.train.max_minutes,
+            "train.batch_rows": cfg.train.batch_rows,
+            "train.grad_accum_steps": cfg.train.grad_accum_steps, "seed": cfg.seed}
+
+
 def _epoch_packing(loader: PackedLoader, row_len: int) -> float:
     rows = loader.epoch_rows(0)
     return sum(len(loader.seqs[i]) for row in rows for i in row) / (len(rows) * row_len)
@@ -270,4 +288,4 @@ def _seed_everything(seed: int, num_threads: int) -> None:
         torch.set_num_threads(num_threads)
 
 
-__all__ = ["EvalHook", "TrainData", "Trainer", "prepare_data"]
+__all__ = ["EvalHook", "TrainData", "Trainer", "prepare_data", "run_recipe"]

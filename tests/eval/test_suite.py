@@ -143,3 +143,22 @@ def test_run_suite_closes_each_engine_before_the_next_loads(tmp_path, scripted):
 
     run_suite({"sosp": "ckpt/s", "apr": "ckpt/a"}, load, problems, cfg, tmp_path)
     assert events == ["load ckpt/s", "close ckpt/s", "load ckpt/a", "close ckpt/a"]
+
+
+def test_stale_records_are_never_reused(tmp_path, scripted):
+    """Regenerated problems, or a retrained checkpoint at the same path, are refused rather than matched by index."""
+    problems, _, make = scripted
+    cfg = EvalConfig(max_thread_tokens=100_000, windows=(1024,), temperatures=(0.0,), cons_pass_n=0,
+                     batch_size=4, progress=False)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"weights of the first training")
+    out = tmp_path / "out"
+    run_suite({"apr": str(ckpt)}, lambda p: make(), problems[:3], cfg, out, data={"split": "test"})
+    run_suite({"apr": str(ckpt)}, lambda p: make(), problems, cfg, out, data={"split": "test"})  # more problems: fine
+    regenerated = generate_problems(CountdownConfig(num_numbers=4), 5, seed=4)
+    with pytest.raises(ConfigError, match="data_dir: problem 0 differs from the one .* holds records of"):
+        run_suite({"apr": str(ckpt)}, lambda p: make(), regenerated, cfg, out, data={"split": "test"})
+    (ckpt / "model.safetensors").write_bytes(b"weights of the second training")
+    with pytest.raises(ConfigError, match="models.apr: .* holds other weights than when .* recorded its results"):
+        run_suite({"apr": str(ckpt)}, lambda p: make(), problems, cfg, out, data={"split": "test"})

@@ -56,7 +56,7 @@ def test_resume_continues_with_the_same_next_step(tmp_path, assets):
     _fit(straight)
     first = rl_config(tmp_path / "b", init, data, **{"train.steps": 2})
     _fit(first)
-    resumed = rl_config(tmp_path / "b", init, data, **{"train.steps": 3, "resume": True})
+    resumed = rl_config(tmp_path / "b", init, data, **{"train.steps": 3, "resume": True, "resume_changed": True})
     _fit(resumed)
     a = {r["step"]: r for r in read_metrics(tmp_path / "a" / "run") if "rl/loss" in r}
     b = {r["step"]: r for r in read_metrics(tmp_path / "b" / "run") if "rl/loss" in r}
