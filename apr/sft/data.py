@@ -86,10 +86,9 @@ def load_split(cfg: SFTDataConfig, split: str, tokenizer, max_records: int | Non
     kept = np.array(arrays.record_solved) if cfg.solved_only else np.ones(len(arrays.record_solved), bool)
     if max_records:
         kept &= np.cumsum(kept) <= max_records  # the first max_records of the kept records
-    threads = np.flatnonzero(kept[np.asarray(arrays.thread_record)])
-    offsets, num_prompt = np.asarray(arrays.offsets), np.asarray(arrays.num_prompt)
-    return [Sequence(arrays.ids[offsets[i]:offsets[i + 1]], arrays.labels[offsets[i]:offsets[i + 1]],
-                     int(num_prompt[i])) for i in threads]
+    threads = np.flatnonzero(kept[arrays.thread_record]).tolist()
+    offsets, num_prompt, ids, labels = arrays.offsets.tolist(), arrays.num_prompt.tolist(), arrays.ids, arrays.labels
+    return [Sequence(ids[offsets[i]:offsets[i + 1]], labels[offsets[i]:offsets[i + 1]], num_prompt[i]) for i in threads]
 
 
 def fit_to_window(seqs: list[Sequence], cfg: SFTDataConfig, split: str) -> tuple[list[Sequence], FitReport]:
