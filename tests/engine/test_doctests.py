@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["apr.engine.base", "apr.engine.kv_cache", "apr.engine.sequence", "apr.engine.sampler",
-           "apr.engine.local", "apr.engine.config"]
+           "apr.engine.local", "apr.engine.config", "apr.engine.kv_budget", "apr.engine.cuda_graph"]
 
 
 @pytest.mark.parametrize("module", MODULES)
