@@ -52,9 +52,9 @@ def test_toy_run_compares_trees_syncs_weights_and_survives_a_restart(assets, cap
 
 
 def test_a_mismatch_fails_loudly_naming_the_step(assets, tokenizer, tmp_path, capsys, monkeypatch):
-    from tests.rl._setup import make_checkpoint
+    from tests.engine.test_sglang import _checkpoint
 
-    other = make_checkpoint(tokenizer, tmp_path / "other", seed=1)
+    other = _checkpoint(tmp_path / "other", tokenizer, seed=1)  # init_std 0.5: its greedy threads differ
     real = sglang_check.Check.greedy_trees
 
     def local_engine_on_other_weights(self):  # the server serves checkpoint A, the local engine B
@@ -65,5 +65,5 @@ def test_a_mismatch_fails_loudly_naming_the_step(assets, tokenizer, tmp_path, ca
     skip = ["--skip", "rl weight_sync=disk", "--skip", "rl weight_sync=distributed", "--skip", "server restart mid-run"]
     assert sglang_check.main(_args(*assets) + skip) == 1
     captured = capsys.readouterr()
-    assert "sglang-check failed at step 'greedy trees': AssertionError: problem 0 thread 0" in captured.err
+    assert "sglang-check failed at step 'greedy trees': AssertionError: problem 0" in captured.err
     assert "| greedy trees | FAILED |" in captured.out
