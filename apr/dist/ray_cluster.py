@@ -294,6 +294,10 @@ class RayCluster:
         return self._get([a.load.remote(str(path)) for a in self.learners])[0]
 
     def close(self) -> None:
+        try:  # engines first (SGLang servers leave their weight-sync groups), then the actors
+            ray.get([w.close.remote() for w in self.workers], timeout=60)
+        except Exception:
+            pass
         for a in [*self.workers, *self.learners, self.ref]:
             if a is not None:
                 try:

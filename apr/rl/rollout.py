@@ -213,6 +213,13 @@ class RolloutWorker:
             out.append(child_outcome(problem, decode(t.prompt_ids[1:]), joined, answer))
         return out
 
+    def close(self) -> None:
+        """Release the engine: its KV memory; for SGLang, the weight-sync group on the servers and any
+        server it launched."""
+        close = getattr(self.reasoner.engine, "close", None)
+        if close is not None:
+            close()
+
     def runtime_config(self) -> RuntimeConfig:
         return from_dict(RuntimeConfig, to_dict(self.cfg.runtime), "rollout.runtime")
 

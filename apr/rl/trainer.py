@@ -91,7 +91,8 @@ class InProcessCluster:
         return self.learner.load(path)
 
     def close(self) -> None:
-        pass
+        for w in self.workers:
+            w.close()
 
 
 class RLTrainer:

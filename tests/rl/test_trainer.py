@@ -138,3 +138,15 @@ def test_time_budget_ends_the_run_finished(tmp_path, assets):
     assert summary["step"] == state["step"] == 2 and (final / "model.safetensors").is_file()
     assert state["budget"]["elapsed_s"] == pytest.approx(2.0)
     assert "eval/accuracy" in summary  # the final evaluation ran: a finished run, not a killed one
+
+
+def test_a_finished_run_closes_its_rollout_engines(tmp_path, assets):
+    """Engines hold KV memory (and, for SGLang, servers and weight-sync groups): the run releases them."""
+    init, data = assets
+    cfg = rl_config(tmp_path, init, data, **{"train.steps": 1})
+    cluster = InProcessCluster(cfg)
+    closed = []
+    for w in cluster.workers:
+        w.reasoner.engine.close = lambda: closed.append(True)
+    RLTrainer(cfg, cluster).fit()
+    assert closed == [True] * len(cluster.workers)
