@@ -67,7 +67,7 @@ def test_two_deepspeed_zero2_learners_equal_one_torch_learner(ray_cluster, asset
 def test_two_learners_resume_gives_the_same_next_step(ray_cluster, assets, two_learners, tmp_path):
     _run(tmp_path, assets, **TWO, **{"train.steps": 1})
     assert (tmp_path / "run" / "final" / "rng_rank1.pt").is_file()  # rank 1's own state beside rank 0's
-    rows = _run(tmp_path, assets, **TWO, resume=True)
+    rows = _run(tmp_path, assets, **TWO, resume=True, resume_changed=True)  # 1 -> the default steps
     assert sorted(rows) == [1, 2]
     for k in KEYS:
         assert rows[2][k] == pytest.approx(two_learners[2][k], rel=1e-5, abs=1e-7), k

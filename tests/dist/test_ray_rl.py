@@ -50,7 +50,7 @@ def test_ray_run_equals_one_process_and_survives_a_killed_worker(ray_cluster, re
 
 def test_ray_resume_gives_the_same_next_step(ray_cluster, reference, assets, tmp_path):
     _run(tmp_path, assets, **{"dist.mode": "ray_local", "train.steps": 2})
-    rows = _run(tmp_path, assets, **{"dist.mode": "ray_local", "resume": True})
+    rows = _run(tmp_path, assets, **{"dist.mode": "ray_local", "resume": True, "resume_changed": True})
     assert sorted(rows) == [1, 2, 3]
     for k in KEYS:
         assert rows[3][k] == pytest.approx(reference[3][k], rel=1e-5, abs=1e-7), k

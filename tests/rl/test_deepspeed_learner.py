@@ -99,7 +99,8 @@ def test_zero2_resume_continues_with_the_same_next_step(tmp_path, assets):
     init, data = assets
     _fit(rl_config(tmp_path / "a", init, data, **{"train.steps": 3, "rollout.eval_problems": 0}, **DS))
     _fit(rl_config(tmp_path / "b", init, data, **{"train.steps": 2, "rollout.eval_problems": 0}, **DS))
-    _fit(rl_config(tmp_path / "b", init, data, **{"train.steps": 3, "rollout.eval_problems": 0, "resume": True},
+    _fit(rl_config(tmp_path / "b", init, data, **{"train.steps": 3, "rollout.eval_problems": 0, "resume": True,
+                                                       "resume_changed": True},
                    **DS))
     a, b = _rows(tmp_path / "a" / "run"), _rows(tmp_path / "b" / "run")
     assert sorted(b) == [1, 2, 3]
