@@ -2,27 +2,18 @@
 server's HTTP API over the local engine) with the same greedy results as the local engine; a wrong
 engine field fails when the config loads, before any model or server is touched."""
 
-import json
 
 import pytest
 
 from apr.cli.common import compose
 from apr.config import ConfigError
-from apr.model import ModelConfig
-from apr.model.hf import build_for_tokenizer, save_checkpoint
-from apr.task import CountdownConfig, generate_problems
+from tests.cli._assets import eval_assets
 from tests.engine.sglang_standin import Standin
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("engine_group")
-    ckpt = root / "model"
-    save_checkpoint(build_for_tokenizer(ModelConfig("t", 32, 1, 2, None, 64, 256), tokenizer, seed=0), tokenizer, ckpt)
-    (root / "data" / "test").mkdir(parents=True)
-    problems = generate_problems(CountdownConfig(num_numbers=3), 2, seed=1)
-    (root / "data" / "test" / "problems.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems))
-    return root, ckpt
+    return eval_assets(tmp_path_factory.mktemp("engine_group"), tokenizer, 2)
 
 
 def eval_overrides(root, ckpt, out):

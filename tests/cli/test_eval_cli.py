@@ -12,22 +12,14 @@ from hydra import compose, initialize_config_dir
 
 from apr.cli.common import to_container
 from apr.config import ConfigError
-from apr.model import ModelConfig
-from apr.model.hf import build_for_tokenizer, save_checkpoint
-from apr.task import CountdownConfig, generate_problems
+from tests.cli._assets import eval_assets
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("eval_cli")
-    ckpt = root / "model"
-    save_checkpoint(build_for_tokenizer(ModelConfig("t", 32, 1, 2, None, 64, 256), tokenizer, seed=0), tokenizer, ckpt)
-    (root / "data" / "test").mkdir(parents=True)
-    problems = generate_problems(CountdownConfig(num_numbers=3), 3, seed=1)
-    (root / "data" / "test" / "problems.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems))
-    return root, ckpt
+    return eval_assets(tmp_path_factory.mktemp("eval_cli"), tokenizer, 3)
 
 
 def overrides(root, ckpt, num_problems):
