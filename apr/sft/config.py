@@ -4,7 +4,7 @@
     >>> cfg = from_dict(SFTConfig, {"model": {"name": "tiny"}, "data": {"dir": "data/countdown_n3"},
     ...                             "train": {"max_steps": 10}}, "")
     >>> cfg.train.precision, cfg.data.solver, cfg.model.hidden_size
-    ('bf16', 'sosp', 128)
+    ('auto', 'sosp', 128)
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class TrainConfig:
 
     strategy: Literal["torch", "deepspeed"] = "torch"
     zero_stage: int = 2  # deepspeed only: ZeRO stage 0-3
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast over fp32 master weights
+    # bf16 = autocast over fp32 master weights; auto = bf16 where the device has it natively, else fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_rows: int = 8  # packed rows per micro-batch per process
     grad_accum_steps: int = 1  # micro-batches per optimizer step

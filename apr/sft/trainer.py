@@ -185,7 +185,7 @@ class Trainer:
         if self.val_batches:
             model = s.model if s.name == "deepspeed" else s.module  # ZeRO-3 forwards are collective
             total, count = s.all_reduce_sum(list(loss_sums(model, self.val_batches, s.device,
-                                                           self.cfg.train.precision)))
+                                                           s.precision)))
             metrics["val/loss"] = total / max(count, 1)
         if self.evaluate_hook is not None and s.is_main:
             metrics.update(self.run_hook())

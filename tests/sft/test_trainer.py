@@ -82,7 +82,7 @@ def test_checkpoint_reloads_with_transformers_and_same_val_loss(four_steps, data
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.get_vocab() == data_tokenizer.get_vocab()
     batches = eval_batches(trainer.data.val, cfg.data.max_seq_len, tok.pad_token_id, cfg.train.batch_rows)
-    loss = validation_loss(model, batches, precision=cfg.train.precision)
+    loss = validation_loss(model, batches, precision=trainer.strategy.precision)
     assert loss == pytest.approx(summary["val/loss"], rel=1e-6)
     # keep-last: both periodic checkpoints of a 4-step run with every_steps=2 -> only step 2 (4 is final)
     names = sorted(p.name for p in (trainer.run_dir / "checkpoints").iterdir())
