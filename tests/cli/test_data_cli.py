@@ -27,10 +27,38 @@ def test_data_cli_end_to_end(tmp_path):
     assert "| apr |" in log and f"wrote {out}" in log
 
 
-def test_data_cli_error_lands_in_the_run_log(tmp_path):
-    r = run_cli("task.num_numbers=1", f"data.out_dir={tmp_path}", cwd=ROOT)
-    assert r.returncode == 2
-    assert (tmp_path / "data.log").read_text().strip() == r.stderr.strip()
+def test_a_refused_data_run_writes_nothing(tmp_path):
+    """Refused before Hydra creates the run directory (apr.cli.common.Preflight): no log, no .hydra/."""
+    out = tmp_path / "out"
+    r = run_cli("task.num_numbers=1", f"data.out_dir={out}", cwd=ROOT)
+    assert r.returncode == 2 and "task.num_numbers" in r.stderr
+    assert not out.exists()
+
+
+def test_an_error_during_a_run_lands_in_the_run_log(tmp_path):
+    """Once a run has started, its console lines and its error line go to Hydra's per-run log too."""
+    import logging
+
+    import pytest
+
+    from apr.cli.common import run_clean
+    from apr.config import ConfigError
+
+    handler = logging.FileHandler(tmp_path / "data.log")
+    logging.getLogger().handlers.insert(0, handler)  # before pytest's own file handler
+
+    def run():
+        print("working")
+        raise ConfigError("data.x: bad")
+
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_clean(run)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert exit_.value.code == 2
+    assert (tmp_path / "data.log").read_text() == "working\nerror: data.x: bad\n"
 
 
 def test_data_cli_bad_input_is_one_clear_line(tmp_path):
