@@ -31,11 +31,12 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def full_logprobs(model, context: list[int], output: list[int]) -> list[float]:
-    """Log-prob of each output token from one full forward over context + output (no cache)."""
+def full_logprobs(model, context: list[int], output: list[int], temperature: float = 1.0) -> list[float]:
+    """Log-prob of each output token from one full forward over context + output (no cache), under
+    logits / temperature (temperature 0, greedy: the raw distribution)."""
     with torch.inference_mode():
         logits = model(torch.tensor([context + output])).logits[0].float()  # (T, V)
-    lp = torch.log_softmax(logits, dim=-1)
+    lp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (T, V)
     return [lp[len(context) - 1 + i, t].item() for i, t in enumerate(output)]
 
 

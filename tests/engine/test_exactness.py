@@ -40,7 +40,7 @@ def test_logprobs_equal_full_recompute(model, make_engine, params):
     out = by_id(engine.run_until_done())
     for i, p in enumerate(prompts):
         c = out[f"r{i}"]
-        ref = full_logprobs(model, p, c.output_ids)
+        ref = full_logprobs(model, p, c.output_ids, params.temperature)  # the sampled (tempered) distribution
         assert max(abs(a - b) for a, b in zip(ref, c.logprobs)) < 1e-4
 
 

@@ -41,7 +41,7 @@ def test_frequencies_follow_the_tempered_distribution():
         assert torch.all((counts - expected).abs() <= 4 * expected.sqrt() + 5), (counts, expected)
 
 
-def test_rows_are_independent_and_logprobs_are_raw():
+def test_rows_are_independent_and_logprobs_are_of_the_sampled_distribution():
     params = [SamplingParams(temperature=0.0), SamplingParams(temperature=2.0, top_k=2),
               SamplingParams(temperature=0.7)]
     uniforms = [0.3, 0.99, 0.01]
@@ -50,8 +50,9 @@ def test_rows_are_independent_and_logprobs_are_raw():
     for i in range(3):  # the same row alone gives the same token
         alone, _ = sample(logits[i:i + 1], [params[i]], [uniforms[i]])
         assert alone == [tokens[i]]
-    raw = torch.log_softmax(logits, -1)
-    assert torch.allclose(torch.tensor(logprobs), raw[torch.arange(3), torch.tensor(tokens)])
+    # after temperature (greedy: 1), before top-k: the distribution RL's learner recomputes
+    tempered = torch.log_softmax(logits / torch.tensor([[1.0], [2.0], [0.7]]), -1)  # (3, 6)
+    assert torch.allclose(torch.tensor(logprobs), tempered[torch.arange(3), torch.tensor(tokens)])
 
 
 @pytest.mark.parametrize("vocab", [2100, 2099])  # blocks divide the vocabulary / padded last block
