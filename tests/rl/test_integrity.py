@@ -60,7 +60,7 @@ def test_an_answer_a_child_joined_is_not_the_roots(tokenizer, tmp_path):
     assert res.answer is None and not res.correct
     [r] = rollout_worker(child_supplies_answer(tokenizer)).rollout([PROBLEM], 1, seed=0)
     assert r.reward == 0.0 and not r.correct
-    [rec] = evaluate(child_supplies_answer(tokenizer), [PROBLEM], EvalConfig(windows=(), progress=False),
+    [rec] = evaluate(child_supplies_answer(tokenizer), [PROBLEM], EvalConfig(windows=(1024,), progress=False),
                      tmp_path / "records.jsonl")
     assert not rec.correct
 
