@@ -95,7 +95,6 @@ class LocalEngineConfig:
             self.dtype = "bfloat16" if device.type == "cuda" else "float32"
         check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES) + " or None")
         check(isinstance(self.cuda_graphs, bool), "engine.cuda_graphs", self.cuda_graphs, "true or false")
-        check_device_available(self.device, "engine.device")
         check(isinstance(self.compile, bool), "engine.compile", self.compile, "true or false")
         rows = self.attention_chunk_rows
         check(isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0, "engine.attention_chunk_rows",
@@ -113,6 +112,8 @@ class LocalEngine:
 
     def __init__(self, model, config: LocalEngineConfig | None = None) -> None:
         self.config = config = config or LocalEngineConfig()
+        # here, not in the config: a CPU-only head node composes and ships GPU configs to its workers
+        check_device_available(config.device, "engine.device")
         check(config.max_seq_len is not None, "engine.max_seq_len", None,
               "a positive integer (null is only a placeholder the commands fill with their thread window)")
         dtype = _DTYPES[config.dtype]

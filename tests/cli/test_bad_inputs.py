@@ -181,3 +181,16 @@ def test_data_refuses_at_once_what_would_hang(tmp_path):
         preflight(composed("data", "data.num_train=1000000000", f"data.out_dir={tmp_path / 'd'}"))
     preflight(composed("data", "data.num_train=1000", f"data.out_dir={tmp_path / 'd'}"))  # the default is fine
     assert json.loads(json.dumps(composed("data")["task"]))["num_numbers"] == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_a_cuda_engine_config_composes_on_a_cpu_node_and_fails_where_it_is_built(assets):
+    """The RL driver on a CPU-only head node parses engine.device=cuda for its GPU workers; only building
+    the engine on a machine without CUDA is refused, naming the field."""
+    from apr.engine.local import LocalEngine, LocalEngineConfig
+    from apr.model import load_checkpoint
+
+    cfg = LocalEngineConfig(device="cuda", max_seq_len=64)
+    assert cfg.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="^engine.device: got 'cuda'; accepted: cpu here"):
+        LocalEngine(load_checkpoint(assets[0])[0], cfg)

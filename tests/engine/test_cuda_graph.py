@@ -26,10 +26,7 @@ def test_buckets_cover_every_batch_size():
             assert num <= bucket <= max_batch and (bucket == sizes[0] or num > sizes[sizes.index(bucket) - 1])
 
 
-def test_dtype_defaults_to_bf16_on_cuda_only(monkeypatch):
-    import apr.engine.local
-
-    monkeypatch.setattr(apr.engine.local, "check_device_available", lambda device, field: None)  # a CPU torch
+def test_dtype_defaults_to_bf16_on_cuda_only():
     assert LocalEngineConfig().dtype == "float32"
     assert LocalEngineConfig(device="cuda").dtype == "bfloat16"  # config only: nothing is allocated
     assert LocalEngineConfig(device="cuda", dtype="float32").dtype == "float32"
