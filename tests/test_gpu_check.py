@@ -61,7 +61,6 @@ def test_stage_commands_compose_into_valid_configs(stage, toy, tmp_path):
     from apr.datagen import DataConfig
     from apr.eval import EvalConfig
     from apr.rl.config import RLConfig
-    from apr.sft import SFTConfig
 
     gc = _module()
     s, device = (gc.toy_sizes(), "cpu") if toy else (gc.gpu_sizes(8), "cuda")
@@ -76,12 +75,14 @@ def test_stage_commands_compose_into_valid_configs(stage, toy, tmp_path):
     if name == "data":
         assert from_dict(DataConfig, c["data"], "data").num_train == s.num_train
     elif name == "sft":
-        cfg = from_dict(SFTConfig, c, "")
+        from apr.cli.sft import load_config
+
+        cfg, _ = load_config(c)
         assert cfg.train.max_minutes == s.sft_minutes and cfg.train.max_steps is None and cfg.model.name == s.model
     elif name == "eval":
         assert from_dict(EvalConfig, c["eval"], "eval").max_thread_tokens == s.max_window
         assert c["engine"]["device"] == device
     else:
         cfg = from_dict(RLConfig, c, "")
-        assert (cfg.dist.mode, cfg.train.steps, cfg.rollout.engine_options["device"]) == ("none", s.rl_steps, device)
+        assert (cfg.dist.mode, cfg.train.steps, cfg.engine.device) == ("none", s.rl_steps, device)
         assert cfg.wandb.mode == "disabled"
