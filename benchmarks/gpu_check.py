@@ -213,7 +213,7 @@ def eval_result(out: Path) -> dict:
     summary = json.loads((out / "eval" / "metrics.json").read_text())
     res = {}
     for name, m in summary["models"].items():
-        greedy = next(st for st in m["settings"] if st.get("temperature") == 0.0)
+        greedy = next(st for st in m["settings"].values() if st.get("temperature") == 0.0)
         res[name] = {"accuracy": greedy["accuracy"],
                      "accuracy_vs_window": {str(k): v for k, v in greedy["accuracy_vs_window"].items()}}
     return res
