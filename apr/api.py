@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ class ReasoningTree:
 
     tree: ThreadTree
     tokenizer: Any
+    pid: ProtocolIds | None = None  # the tokenizer's protocol ids (the Reasoner's; derived when not given)
 
     @property
     def threads(self):
@@ -65,9 +65,11 @@ class ReasoningTree:
         spans = self.protocol.own_spans(t.ids, t.mask)
         return "\n".join(self.tokenizer.decode(s, skip_special_tokens=False) for s in spans)
 
-    @functools.cached_property
+    @property
     def protocol(self) -> ProtocolIds:
-        return ProtocolIds.from_tokenizer(self.tokenizer)
+        if self.pid is None:
+            self.pid = ProtocolIds.from_tokenizer(self.tokenizer)
+        return self.pid
 
     @property
     def ended_cleanly(self) -> bool:
@@ -168,7 +170,7 @@ class Reasoner:
     def generate(self, prompts: Sequence[str], num_samples: int = 1, **limits) -> list[ReasoningTree]:
         """Run root prompts (text, without <bos>) through the runtime; one tree per prompt and sample."""
         ids = [[self.protocol.bos] + self._encode(p) for p in prompts]
-        return [ReasoningTree(t, self.tokenizer) for t in self._runtime(limits).run(ids, num_samples)]
+        return [ReasoningTree(t, self.tokenizer, self.protocol) for t in self._runtime(limits).run(ids, num_samples)]
 
     # ---- Countdown ------------------------------------------------------------------------------------
     def solve(self, numbers: Sequence[int], target: int, condition: str | None = None, **limits) -> SolveResult:
