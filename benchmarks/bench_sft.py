@@ -70,7 +70,7 @@ def sft_config(data_dir: Path, run_dir: Path, model: str, row_len: int, batch_ro
 def trainer_side(cfg, tokenizer, data) -> float:
     """Tokens/s of the Trainer's steps after warm-up (step time covers data + fwd/bwd + optimizer)."""
     from apr.sft import Trainer
-    from apr.sft.metrics import read_metrics
+    from apr.train.metrics import read_metrics
 
     Trainer(cfg, tokenizer, data=data).fit()
     rows = [r for r in read_metrics(cfg.run_dir) if "train/loss" in r][WARMUP_STEPS:]
@@ -160,7 +160,7 @@ def ttfs_once(data_dir: Path, token_cache: bool, device: str) -> dict:
     from transformers import AutoTokenizer
 
     from apr.sft import Trainer
-    from apr.sft.metrics import read_metrics
+    from apr.train.metrics import read_metrics
 
     tok = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     run = Path(tempfile.mkdtemp(prefix="bench_ttfs_"))

@@ -203,7 +203,7 @@ class Check:
         from apr.config import from_dict
         from apr.rl.config import RLConfig
         from apr.rl.trainer import InProcessCluster, RLTrainer
-        from apr.sft.metrics import read_metrics
+        from apr.train.metrics import read_metrics
 
         a = self.args
         backend = "gloo" if a.toy else "nccl"

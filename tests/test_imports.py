@@ -8,11 +8,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "apr"
 # DESIGN.md's order: a module imports only from its own layer or layers above it.
 # `config` (typed config helpers) sits on top; `datagen` (data sets of traces) after the tokenizer.
-LAYERS = ["config", "task", "search", "protocol", "tokenizer", "datagen", "model", "sft", "engine", "runtime",
-          "api", "rl", "dist", "eval", "cli"]
+LAYERS = ["config", "net", "task", "search", "protocol", "tokenizer", "datagen", "model", "train", "sft", "engine",
+          "runtime", "api", "rl", "dist", "eval", "cli"]
 # runtime/ and engine/ know token ids, not Countdown.
 FORBIDDEN = {"engine": {"task", "search", "tokenizer", "datagen"}, "runtime": {"task", "search", "datagen"}}
-HEAVY_ONLY_IN = {"ray": {"dist", "cli"}, "deepspeed": {"sft", "rl", "dist", "cli"}}
+HEAVY_ONLY_IN = {"ray": {"dist", "cli"}, "deepspeed": {"train", "cli"}}
 
 
 def layer_of(path: Path) -> str:

@@ -28,7 +28,7 @@ def preflight(c: dict) -> None:
     from apr.config import from_dict
     from apr.rl.config import RLConfig
     from apr.rl.trainer import check_inputs, run_recipe
-    from apr.sft import checkpoint as ckpt
+    from apr.train import checkpoint as ckpt
 
     cfg = from_dict(RLConfig, c, "")
     check_writable_dir(cfg.run_dir, "run_dir")

@@ -94,8 +94,8 @@ def preflight(c: dict) -> None:
     from pathlib import Path
 
     from apr.config import ConfigError
-    from apr.sft import checkpoint as ckpt
     from apr.sft.trainer import run_recipe
+    from apr.train import checkpoint as ckpt
 
     cfg, _ = load_config(c)
     check_writable_dir(cfg.run_dir, "run_dir")

@@ -39,13 +39,14 @@ import ray
 import torch
 
 from apr.config import ConfigError
-from apr.rl import group
 from apr.rl.algos import aggregation_denominator
 from apr.rl.batch import shard_rows
 from apr.rl.config import RLConfig
-from apr.rl.learner import Learner, RefPolicy, _device
+from apr.rl.learner import Learner, RefPolicy
 from apr.rl.rollout import Rollout, RolloutWorker, worker_engine_config
-from apr.sft.strategy import free_port
+from apr.net import free_port
+from apr.train import collectives
+from apr.train.device import select_device
 
 
 def _all_threads(num_threads: int) -> int:
@@ -73,8 +74,8 @@ class LearnerActor:
 
     def join(self, master_addr: str, master_port: int) -> None:
         """Join the learners' world, then build the learner (DeepSpeed's setup is collective)."""
-        group.join(self.rank, self.cfg.dist.num_learners, master_addr, master_port,
-                   _device(self.cfg.train.device).type)
+        collectives.join(self.rank, self.cfg.dist.num_learners, master_addr, master_port,
+                   select_device(self.cfg.train.device).type)
         self.learner = Learner(self.cfg)
 
     def update(self, batch, ref_logprobs, denom: float | None = None, num_tokens: int | None = None):

@@ -15,7 +15,7 @@ from apr.config import ConfigError, check
 from apr.engine.config import EngineConfig, engine_config, engine_name, with_window
 from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES
 from apr.runtime import RuntimeConfig
-from apr.sft.config import WandbConfig
+from apr.train.config import CheckpointConfig, WandbConfig
 
 # `gae` needs a critic (PPO); the others score a whole rollout from its group.
 ADVANTAGE_NAMES = (*ADVANTAGES, "gae")
@@ -93,11 +93,13 @@ class LossConfig:
 
 @dataclass
 class RLOptimConfig:
-    """AdamW for the policy (and the critic); constant learning rate after warmup."""
+    """AdamW for the policy (and the critic), built by `apr.train.optim` as SFT's is; by default a
+    constant learning rate after warmup (`min_lr_ratio` < 1: cosine decay to it over `train.steps`)."""
 
     lr: float = 1e-5
     critic_lr: float = 1e-5
     warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -107,6 +109,7 @@ class RLOptimConfig:
         check(self.lr > 0 and self.critic_lr > 0, "optim.lr/critic_lr", (self.lr, self.critic_lr),
               "positive numbers")
         check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
         check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 = off)")
 
 
@@ -115,7 +118,7 @@ class RLTrainConfig:
     """Steps, batch and the learner's placement and precision."""
 
     steps: int = 150
-    # minutes of training (apr.sft.budget): the run ends, finished (final eval and checkpoint), after the
+    # minutes of training (apr.train.budget): the run ends, finished (final eval and checkpoint), after the
     # step that crosses it, or at `steps`, whichever comes first; resumed runs continue the count. None: off
     max_minutes: float | None = None
     batch_problems: int = 64  # problems per step (x group_size rollouts)
@@ -225,16 +228,6 @@ class DistConfig:
 
 
 @dataclass
-class RLCheckpointConfig:
-    every_steps: int = 50  # 0: only the final checkpoint
-    keep_last: int = 2
-
-    def __post_init__(self) -> None:
-        check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, ">= 0")
-        check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
-
-
-@dataclass
 class RLConfig:
     init: str = ""  # the SFT checkpoint to start from (HF directory with the tokenizer)
     name: str = "rl"
@@ -252,7 +245,7 @@ class RLConfig:
     # the rollout engine (the `engine` group: conf/engine/): LocalEngineConfig | SGLangEngineConfig
     engine: EngineConfig = field(default_factory=lambda: engine_config({"max_seq_len": None}))
     dist: DistConfig = field(default_factory=DistConfig)
-    checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every_steps=50))
     log_every_steps: int = 1
     progress: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -4,7 +4,7 @@ Runs in-process (`dist=none`) or inside a Ray actor (`apr.dist`). An update take
 token-exact `SequenceBatch`, runs `train.inner_steps` optimizer steps over it in micro-batches of at
 most `train.micro_batch_tokens` padded tokens (gradients accumulate; losses are normalised by the
 whole batch's denominator, so micro-batching does not change the step), and bumps the policy version.
-How a model is stepped (plain torch, or DeepSpeed ZeRO) is `train.strategy` (`apr.rl.strategy`).
+How a model is stepped (plain torch, or DeepSpeed ZeRO) is `train.strategy` (`apr.train.strategy`).
 
     >>> # learner = Learner(cfg)                    # policy, optimizer (+ critic) from cfg.init
     >>> # metrics = learner.update(batch, ref_logprobs)
@@ -19,23 +19,20 @@ from pathlib import Path
 
 import torch
 
-from apr.model import load_checkpoint, save_checkpoint
-from apr.rl import group
+from apr.model import load_checkpoint
 from apr.rl.algos import aggregation_denominator, gae
 from apr.rl.batch import SequenceBatch, micro_batches, token_logprobs
 from apr.rl.config import RLConfig
 from apr.rl.loss import policy_loss, value_loss
-from apr.rl.strategy import STRATEGIES
 from apr.rl.weights import to_buckets
-from apr.sft.checkpoint import rng_state, set_rng_state
+from apr.train import checkpoint as ckpt
+from apr.train import collectives
+from apr.train.device import autocast as autocast_for
+from apr.train.device import select_device
+from apr.train.optim import build_optimizer, build_scheduler
+from apr.train.strategy import STRATEGIES
 
-LEARNER_STATE = "learner.pt"
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+LEARNER_STATE = "learner.pt"  # under the checkpoint's trainer/: the policy version and a torch critic's weights
 
 
 def batched_logprobs(model, batch: SequenceBatch, max_tokens: int, autocast=contextlib.nullcontext,
@@ -82,7 +79,7 @@ class RefPolicy:
         self.device = torch.device(device)
         self.model = load_checkpoint(path)[0].to(self.device).eval()
         self.max_tokens = max_tokens
-        self.autocast = _autocast(precision, self.device)
+        self.autocast = autocast_for(precision, self.device)
         self.temperature = temperature
 
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
@@ -92,26 +89,32 @@ class RefPolicy:
 def _whitening(adv: torch.Tensor, mask: torch.Tensor) -> tuple:
     """Mean and std of the (N, T) advantages over generated tokens: of this batch, or of every
     learner's shard (two passes, as in one process)."""
-    if group.world_size() == 1:
+    if collectives.world_size() == 1:
         n = mask.sum().clamp(min=1)
         mean = (adv * mask).sum() / n
         return mean, (((adv - mean) ** 2 * mask).sum() / n).sqrt()
-    total, count = group.all_reduce_sum([float((adv * mask).sum()), float(mask.sum())])
+    total, count = collectives.all_reduce_sum([float((adv * mask).sum()), float(mask.sum())])
     mean = total / max(count, 1.0)
-    (sq,) = group.all_reduce_sum([float(((adv - mean) ** 2 * mask).sum())])
+    (sq,) = collectives.all_reduce_sum([float(((adv - mean) ** 2 * mask).sum())])
     return mean, (sq / max(count, 1.0)) ** 0.5
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def make_trainable(cfg: RLConfig, model, lr: float, name: str, device: torch.device):
+    """`train.strategy` stepping `model` (the policy, or the critic) with AdamW at `lr` (`apr.train`); the
+    learners' gradients are summed at each step (`reduce="sum"`), so ranks may differ in micro-batches."""
+    t = cfg.train
+    strategy = STRATEGIES[t.strategy](device, t.precision, name=name, zero_stage=t.zero_stage, reduce="sum",
+                                      grad_clip=cfg.optim.grad_clip, bf16_weights=t.precision == "bf16")
+    model = model.to(device)
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    strategy.setup(model, optimizer, build_scheduler(optimizer, cfg.optim, t.steps))
+    return strategy
 
 
 class Learner:
     """Policy + AdamW (+ critic + AdamW for PPO); `update` is one RL step (see the module docstring).
 
-    `self.policy` / `self.critic` are `apr.rl.strategy` trainables: `.model` runs forward (the
+    `self.policy` / `self.critic` are `apr.train.strategy` strategies: `.model` runs forward (the
     module, or DeepSpeed's engine), `.module` is the model itself."""
 
     def __init__(self, cfg: RLConfig) -> None:
@@ -120,18 +123,17 @@ class Learner:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.device = _device(t.device)
-        self.autocast = _autocast(t.precision, self.device)
-        strategy = STRATEGIES[t.strategy]
+        self.device = select_device(t.device)
+        self.autocast = autocast_for(t.precision, self.device)
         policy, self.tokenizer = load_checkpoint(cfg.init)
         policy.to(self.device, torch.float32)
         policy.config.use_cache = False
         policy.train()
-        self.policy = strategy(policy, cfg, cfg.optim.lr, "policy", self.device)
+        self.policy = make_trainable(cfg, policy, cfg.optim.lr, "policy", self.device)
         self.critic = None
         if cfg.uses_critic:
             critic = ValueModel(cfg.init).to(self.device).train()
-            self.critic = strategy(critic, cfg, cfg.optim.critic_lr, "critic", self.device)
+            self.critic = make_trainable(cfg, critic, cfg.optim.critic_lr, "critic", self.device)
         self.version = 0  # optimizer updates applied (one per RL step)
         self.num_nonfinite = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
         self.num_nonfinite_in_row = 0
@@ -152,14 +154,14 @@ class Learner:
 
         With `dist.num_learners` > 1 `batch` is this rank's shard of the step, and `denom` / `num_tokens`
         are the whole step's aggregation denominator and generated tokens (default: `batch`'s own), so
-        the gradients summed over the ranks (`apr.rl.group`) are the single learner's."""
+        the gradients summed over the ranks (`apr.train.collectives`) are the single learner's."""
         cfg, t = self.cfg, self.cfg.train
         num_tokens = batch.num_tokens if num_tokens is None else num_tokens
         metrics: dict = {}
         if t.old_logprobs == "recompute":
             engine_logp = batch.old_logprobs
             batch.old_logprobs = self.logprobs(batch) * batch.mask
-            (gap,) = group.all_reduce_sum([float(((engine_logp - batch.old_logprobs).abs() * batch.mask).sum())])
+            (gap,) = collectives.all_reduce_sum([float(((engine_logp - batch.old_logprobs).abs() * batch.mask).sum())])
             metrics["rl/logprob_mismatch"] = gap / max(num_tokens, 1)
         values_returns = None
         if self.critic is not None:
@@ -169,7 +171,7 @@ class Learner:
         groups = micro_batches(batch.lengths.tolist(), t.micro_batch_tokens)
         num_groups = len(groups)
         if self.policy.needs_matched_micro_batches:  # ranks short of micro-batches repeat one with weight 0
-            num_groups = group.all_reduce_max(num_groups)
+            num_groups = collectives.all_reduce_max(num_groups)
         sums: dict[str, float] = {}
         for _ in range(t.inner_steps):
             self.policy.zero_grad()
@@ -209,23 +211,26 @@ class Learner:
         ref = None
         if ref_logprobs is not None:
             ref = ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]].to(self.device)  # (n, t)
-        loss, s = policy_loss(self.policy.model, sub, cfg.loss, ref, denom, self.autocast, cfg.logprob_temperature)
-        if not is_real:
-            loss, s = loss * 0.0, {}
-        self.policy.backward(loss, is_last)
+        def loss_fn(model):
+            loss, s = policy_loss(model, sub, cfg.loss, ref, denom, self.autocast, cfg.logprob_temperature)
+            return (loss, s) if is_real else (loss * 0.0, {})
+
+        loss, s = self.policy.forward_backward(loss_fn, is_last)
         if self.critic is None:
             return float(loss.detach()), 0.0, s
         old_values, returns = values_returns
         idx = torch.tensor(rows)
         L = sub.ids.shape[1]
-        with self.autocast():
-            values = self.critic.model(sub.ids)  # (n, t)
-        vl = cfg.loss.value_coef * value_loss(values.float(), old_values[idx, :L].to(self.device),
-                                              returns[idx, :L].to(self.device),
-                                              sub.mask, cfg.loss.value_clip, max(num_tokens, 1))
-        if not is_real:
-            vl = vl * 0.0
-        self.critic.backward(vl, is_last)
+
+        def value_loss_fn(model):
+            with self.autocast():
+                values = model(sub.ids)  # (n, t)
+            vl = cfg.loss.value_coef * value_loss(values.float(), old_values[idx, :L].to(self.device),
+                                                  returns[idx, :L].to(self.device),
+                                                  sub.mask, cfg.loss.value_clip, max(num_tokens, 1))
+            return vl if is_real else vl * 0.0
+
+        vl = self.critic.forward_backward(value_loss_fn, is_last)
         return float(loss.detach()), float(vl.detach()), s
 
     def _count_nonfinite(self, metrics: dict, grad_norm: float, loss: float) -> None:
@@ -249,11 +254,11 @@ class Learner:
     def _reduce_metrics(self, metrics: dict, sums: dict, num_sequences: int) -> int:
         """Sum the losses, the token sums and the sequence count over the learners (in place); the
         grad norms are already the same on every rank. Returns the step's sequences."""
-        if group.world_size() == 1:
+        if collectives.world_size() == 1:
             return num_sequences
         keys = [k for k in ("rl/loss", "rl/value_loss") if k in metrics]
         names = sorted(sums)
-        out = group.all_reduce_sum([metrics[k] for k in keys] + [sums[k] for k in names] + [num_sequences])
+        out = collectives.all_reduce_sum([metrics[k] for k in keys] + [sums[k] for k in names] + [num_sequences])
         metrics.update(zip(keys, out))
         sums.update(zip(names, out[len(keys):]))
         return int(out[-1])
@@ -286,34 +291,30 @@ class Learner:
         return to_buckets(self.policy.state_dict(), bucket_mb)
 
     def save(self, path: str | Path) -> None:
-        """HF policy + tokenizer into `path`, and the learner's state (optimizers, critic, RNG, version):
-        learner.pt, plus DeepSpeed's own checkpoint in `deepspeed/` under that strategy. Over several
-        learners every rank calls this (ZeRO gathers and DeepSpeed's checkpoint are collective); rank 0
-        writes the HF files and learner.pt, rank r > 0 only its RNG (`rng_rank<r>.pt`)."""
+        """The checkpoint layout of `apr.train.checkpoint`: HF policy + tokenizer in `path`; under
+        `path/trainer/` each strategy's state (`policy`, `critic`), every rank's RNG, and learner.pt (the
+        policy version; a torch critic's weights). Over several learners every rank calls this (ZeRO
+        gathers and DeepSpeed's checkpoint are collective); rank 0 writes the HF files and learner.pt."""
         path = Path(path)
-        weights = self.policy.hf_state_dict()
-        state = {**self.policy.save_state(path), "version": self.version, "rng": rng_state()}
+        ckpt.save_model(path, self.policy, self.tokenizer)
+        state = {"version": self.version}
         if self.critic is not None:
-            state.update({f"critic_{k}": v for k, v in self.critic.save_state(path).items()})
+            self.critic.save_state(path / ckpt.TRAINER_DIR)
             if not self.critic.saves_weights:
                 state["critic"] = self.critic.module.state_dict()
-        if group.rank() > 0:
-            path.mkdir(parents=True, exist_ok=True)  # rank 0 may not have created it yet
-            torch.save({"rng": state["rng"]}, path / f"rng_rank{group.rank()}.pt")
-            return
-        save_checkpoint(self.policy.module, self.tokenizer, path, weights)
-        torch.save(state, path / LEARNER_STATE)
+        if collectives.rank() == 0:
+            torch.save(state, path / ckpt.TRAINER_DIR / LEARNER_STATE)
 
     def load(self, path: str | Path) -> int:
         """Restore everything `save` wrote; returns the policy version."""
         path = Path(path)
-        state = torch.load(path / LEARNER_STATE, weights_only=False)
-        weights = None if self.policy.saves_weights else load_checkpoint(path)[0].state_dict()
-        self.policy.load_state(path, state, weights)
+        if not self.policy.saves_weights:
+            self.policy.module.load_state_dict(load_checkpoint(path)[0].state_dict())
+        ckpt.load_model_state(path, self.policy, collectives.rank())
+        state = torch.load(path / ckpt.TRAINER_DIR / LEARNER_STATE, weights_only=False)
         if self.critic is not None:
-            critic_state = {k.removeprefix("critic_"): v for k, v in state.items() if k.startswith("critic_")}
-            self.critic.load_state(path, critic_state, state.get("critic"))
-        own = path / f"rng_rank{group.rank()}.pt"
-        set_rng_state(torch.load(own, weights_only=False)["rng"] if group.rank() > 0 and own.is_file() else state["rng"])
+            if "critic" in state:
+                self.critic.module.load_state_dict(state["critic"])
+            self.critic.load_state(path / ckpt.TRAINER_DIR)
         self.version = state["version"]
         return self.version

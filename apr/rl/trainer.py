@@ -14,7 +14,6 @@ The cluster is `InProcessCluster` here (`dist=none`) or `apr.dist.RayCluster` (`
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -32,9 +31,9 @@ from apr.rl.rollout import (
     rollout_seed,
     worker_engine_config,
 )
-from apr.sft import checkpoint as ckpt
-from apr.sft.budget import TimeBudget
-from apr.sft.metrics import MetricsLog, timer
+from apr.train import checkpoint as ckpt
+from apr.train.budget import TimeBudget
+from apr.train.metrics import MetricsLog, is_due, progress_bar, say, timer
 
 SHARD = tuple  # (problems, seed, first_index)
 
@@ -119,7 +118,7 @@ class RLTrainer:
             raise
         self.log = MetricsLog(self.run_dir, cfg.wandb, cfg.name, to_dict(cfg),
                               resume_step=self.step if resume_from else None)
-        bar = _progress(cfg.train.steps, self.step, cfg.progress)
+        bar = progress_bar(cfg.train.steps, self.step, cfg.progress, "rl")
         last_eval: dict = {}
         try:
             self.phase = "sync"
@@ -134,11 +133,11 @@ class RLTrainer:
                 self.step += 1
                 if self.budget is not None:
                     self.budget.sync()
-                if self._due(cfg.rollout.eval_every_steps) and not self.is_done() and self.eval_problems:
+                if is_due(self.step, cfg.rollout.eval_every_steps) and not self.is_done() and self.eval_problems:
                     with timer("eval", row):
                         last_eval = self.evaluate()
                     row.update(last_eval)
-                if self._due(cfg.checkpoint.every_steps) and not self.is_done():
+                if is_due(self.step, cfg.checkpoint.every_steps) and not self.is_done():
                     with timer("checkpoint", row):
                         self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}")
                         ckpt.prune(self.run_dir, cfg.checkpoint.keep_last)
@@ -232,20 +231,11 @@ class RLTrainer:
 
     def save(self, path: Path) -> Path:
         """Atomically: learner (HF policy, optimizer, critic, RNG) + driver state (step, data position)."""
-        tmp = path.parent / f".tmp-{path.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.cluster.save(tmp)
         state = {"step": self.step, "problems_consumed": self.step * self.cfg.train.batch_problems,
                  "seed": self.cfg.seed, "recipe": self.recipe}
         if self.budget is not None:
             state["budget"] = self.budget.state()
-        (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
-        ckpt.publish(tmp, path)
-        return path
-
-    def _due(self, every: int) -> bool:
-        return every > 0 and self.step % every == 0
+        return ckpt.save(path, self.cluster.save, state)
 
     def _fail(self, e: BaseException) -> None:
         """Record why the run stopped; keep a checkpoint of the last finished step unless the learner broke."""
@@ -312,13 +302,5 @@ def _adv_kwargs(cfg: RLConfig) -> dict:
     return {"norm_std": cfg.algo.norm_std, "eps": cfg.algo.eps} if cfg.algo.advantage == "grpo" else {}
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc="rl")
-
-
 def _say(msg: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"[rl] {msg}")
+    say("rl", msg)

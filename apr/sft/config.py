@@ -14,6 +14,7 @@ from typing import Literal
 
 from apr.config import check
 from apr.model import ModelConfig
+from apr.train.config import CheckpointConfig, WandbConfig
 
 
 @dataclass
@@ -76,7 +77,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # optimizer steps; None: num_epochs over the training rows
     num_epochs: int = 1
-    # minutes of training (apr.sft.budget): the schedule follows the clock and the run ends, finished,
+    # minutes of training (apr.train.budget): the schedule follows the clock and the run ends, finished,
     # at the deadline; max_steps (if set) still caps the steps, num_epochs is not used. None: by steps
     max_minutes: float | None = None
     num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
@@ -114,29 +115,12 @@ class EvalConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    every_steps: int = 500  # 0: only the final checkpoint
-    keep_last: int = 2  # periodic checkpoints kept (the final one is separate)
-
-    def __post_init__(self) -> None:
-        check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "an integer >= 0")
-        check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "a positive integer")
-
-
-@dataclass
 class LogConfig:
     every_steps: int = 10  # metrics.jsonl / wandb cadence
     progress: bool = True  # tqdm bar with loss, tokens/s, ETA
 
     def __post_init__(self) -> None:
         check(self.every_steps >= 1, "log.every_steps", self.every_steps, "a positive integer")
-
-
-@dataclass
-class WandbConfig:
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "apr"
-    entity: str | None = None
 
 
 @dataclass

@@ -23,14 +23,16 @@ import numpy as np
 from apr.config import ConfigError, to_dict
 from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
 from apr.model.integrity import files_fingerprint
-from apr.sft import checkpoint as ckpt
-from apr.sft.budget import TimeBudget
 from apr.sft.config import SFTConfig
 from apr.sft.data import FitReport, Sequence, fit_to_window, load_split
-from apr.sft.metrics import MetricsLog, progress_bar, timer
-from apr.sft.packing import PackedLoader, eval_batches
-from apr.sft.strategy import STRATEGIES
+from apr.sft.packing import PackedBatch, PackedLoader, eval_batches
 from apr.sft.validate import loss_sums
+from apr.train import checkpoint as ckpt
+from apr.train.budget import TimeBudget
+from apr.train.device import resolve_precision, select_device
+from apr.train.metrics import MetricsLog, is_due, progress_bar, say, timer
+from apr.train.optim import build_optimizer, build_scheduler
+from apr.train.strategy import STRATEGIES, launch_rank
 
 EvalHook = Callable[[object, object, int], dict]
 SHOWN = ("val/loss", "eval/solve_rate", "time/eval_hook_s")  # printed; everything goes to metrics.jsonl
@@ -76,7 +78,7 @@ class Trainer:
             self.setup()
         losses, last_eval = [], {}
         batches = self.loader.iterate(*self.position)
-        bar = progress_bar(self.total_steps, self.step, self.cfg.log.progress and self.strategy.is_main)
+        bar = progress_bar(self.total_steps, self.step, self.cfg.log.progress and self.strategy.is_main, "sft")
         if self.budget is not None:
             self.budget.start()
         while not self.is_done():
@@ -93,10 +95,10 @@ class Trainer:
             self.step, self.position = self.step + 1, (epoch, step_in_epoch + 1)
             losses.append(loss)
             step_s = time.perf_counter() - t0  # tokens/s counts training work only
-            if self.is_due(self.cfg.eval.every_steps):
+            if is_due(self.step, self.cfg.eval.every_steps):
                 with timer("eval", times):
                     last_eval = self.run_eval()
-            if self.is_due(self.cfg.checkpoint.every_steps) and not self.is_done():
+            if is_due(self.step, self.cfg.checkpoint.every_steps) and not self.is_done():
                 with timer("checkpoint", times):
                     self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}")
             self.record_step(loss, grad_norm, num_tokens, step_s, times, epoch, bar)
@@ -118,7 +120,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         ckpt.refuse_to_clobber(self.run_dir, cfg.resume, cfg.overwrite)
-        self.strategy = STRATEGIES[cfg.train.strategy](cfg.train, cfg.optim)
+        self.strategy = make_strategy(cfg)
         if cfg.overwrite and not cfg.resume and self.strategy.is_main:
             ckpt.set_aside_earlier_run(self.run_dir, self.say)
         _seed_everything(cfg.seed, cfg.train.num_threads)
@@ -137,7 +139,9 @@ class Trainer:
             self.say(f"resume=true but no checkpoint in {self.run_dir}: starting from step 0")
         model = self.load_or_build_model(resume_from)
         self.budget = self.make_budget(resume_from)
-        s.setup(model, self.total_steps, self.budget)
+        model = model.to(s.device)
+        optimizer = build_optimizer(model, cfg.optim)
+        s.setup(model, optimizer, build_scheduler(optimizer, cfg.optim, self.total_steps, self.budget))
         if resume_from is not None:
             state = ckpt.load(resume_from, s)
             self.step, self.position = state["step"], tuple(state["position"])
@@ -175,9 +179,20 @@ class Trainer:
         (num_targets,) = s.all_reduce_sum([sum(b.num_targets for b in micro)])
         loss = 0.0
         for j, batch in enumerate(micro):
-            loss = loss + s.forward_backward(batch, int(num_targets), is_last=j == len(micro) - 1)
+            out = s.forward_backward(lambda model, b=batch: self.batch_loss(model, b, int(num_targets)),
+                                     is_last=j == len(micro) - 1)
+            loss = loss + out.detach()
         total_loss, num_tokens = s.all_reduce_sum([float(loss), sum(b.num_tokens for b in micro)])
         return total_loss, int(num_tokens)
+
+    def batch_loss(self, model, batch: PackedBatch, num_targets: int):
+        """Summed token loss of `batch` divided by the step's `num_targets` over all processes."""
+        import torch
+
+        batch = batch.to(self.strategy.device)
+        with self.strategy.autocast():
+            out = model(**batch.model_inputs(), num_items_in_batch=torch.tensor(max(num_targets, 1)))
+        return out.loss
 
     def run_eval(self) -> dict:
         """Validation loss over all processes; then the evaluate hook on the main process."""
@@ -214,7 +229,8 @@ class Trainer:
                  "model": to_dict(self.cfg.model), "seed": self.cfg.seed, "recipe": self.recipe}
         if self.budget is not None:
             state["budget"] = self.budget.state()
-        out = ckpt.save(path, self.strategy, self.tokenizer, state)
+        s = self.strategy
+        out = ckpt.save(path, lambda d: ckpt.save_model(d, s, self.tokenizer), state, s.is_main, s.barrier)
         if self.strategy.is_main:
             ckpt.prune(self.run_dir, self.cfg.checkpoint.keep_last)
         return out
@@ -230,9 +246,6 @@ class Trainer:
                           "train/tokens": num_tokens, "train/tokens_per_s": tokens_per_s,
                           "train/packing": num_tokens / (slots * self.cfg.data.max_seq_len),
                           "train/epoch": epoch, "time/step_s": step_s, **times}, self.step)
-
-    def is_due(self, every: int) -> bool:
-        return every > 0 and self.step % every == 0
 
     def write_run_files(self, model, resume_from: Path | None) -> None:
         if not self.strategy.is_main:
@@ -255,9 +268,15 @@ class Trainer:
 
     def say(self, msg: str) -> None:
         if self.strategy.is_main:
-            from tqdm import tqdm
+            say("sft", msg)
 
-            tqdm.write(f"[sft] {msg}")  # keeps the progress bar intact
+
+def make_strategy(cfg: SFTConfig):
+    """`train.strategy` on this process's device (torchrun's LOCAL_RANK), in `train.precision`."""
+    t = cfg.train
+    device = select_device(t.device, launch_rank()[2])
+    return STRATEGIES[t.strategy](device, resolve_precision(t.precision, device, "sft"), zero_stage=t.zero_stage,
+                                  compile=t.compile, reduce="ddp", grad_clip=cfg.optim.grad_clip)
 
 
 def run_recipe(cfg: SFTConfig, total_steps: int | None) -> dict:

@@ -88,7 +88,7 @@ def test_rl_missing_init_is_refused_before_any_actor_starts(tmp_path):
 
 
 def test_rl_ray_cluster_without_a_cluster(tmp_path, assets, monkeypatch):
-    from apr.sft.strategy import free_port
+    from apr.net import free_port
 
     init, data = assets
     address = f"127.0.0.1:{free_port()}"  # nothing listens there (`auto` could find a colleague's cluster)

@@ -12,7 +12,7 @@ from apr.config import ConfigError
 from apr.dist import make_cluster
 from apr.rl.batch import shard_rows
 from apr.rl.trainer import RLTrainer
-from apr.sft.metrics import read_metrics
+from apr.train.metrics import read_metrics
 from tests.rl._setup import make_assets, rl_config
 
 ray = pytest.importorskip("ray")
@@ -61,12 +61,12 @@ def test_two_deepspeed_zero2_learners_equal_one_torch_learner(ray_cluster, asset
     pytest.importorskip("deepspeed")
     rows = _run(tmp_path, assets, **TWO, **{"train.steps": 1, "train.strategy": "deepspeed", "train.zero_stage": 2})
     _assert_same(rows, reference, [1])
-    assert (tmp_path / "run" / "final" / "deepspeed" / "policy").is_dir()
+    assert (tmp_path / "run" / "final" / "trainer" / "deepspeed" / "policy").is_dir()
 
 
 def test_two_learners_resume_gives_the_same_next_step(ray_cluster, assets, two_learners, tmp_path):
     _run(tmp_path, assets, **TWO, **{"train.steps": 1})
-    assert (tmp_path / "run" / "final" / "rng_rank1.pt").is_file()  # rank 1's own state beside rank 0's
+    assert (tmp_path / "run" / "final" / "trainer" / "rng_rank1.pt").is_file()  # rank 1's own state beside rank 0's
     rows = _run(tmp_path, assets, **TWO, resume=True, resume_changed=True)  # 1 -> the default steps
     assert sorted(rows) == [1, 2]
     for k in KEYS:

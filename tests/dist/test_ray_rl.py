@@ -9,7 +9,7 @@ import pytest
 
 from apr.dist import make_cluster
 from apr.rl.trainer import RLTrainer
-from apr.sft.metrics import read_metrics
+from apr.train.metrics import read_metrics
 from tests.rl._setup import make_assets, rl_config
 
 ray = pytest.importorskip("ray")
@@ -44,7 +44,7 @@ def test_ray_run_equals_one_process_and_survives_a_killed_worker(ray_cluster, re
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
         for k in KEYS:  # the re-run shard used the same weights and seeds: nothing changed
             assert row[k] == pytest.approx(reference[step][k], rel=1e-5, abs=1e-7), (step, k)
-    assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "learner.pt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "trainer" / "learner.pt").is_file()
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
 
 
@@ -96,4 +96,4 @@ def test_deepspeed_learner_in_a_placement_group_matches_one_process(ray_cluster,
                                      "train.zero_stage": 2, "dist.placement": {"strategy": "PACK"}})
     for k in KEYS + ("rl/grad_norm",):  # the torch learner's first step, from a ZeRO-2 learner actor
         assert rows[1][k] == pytest.approx(reference[1][k], rel=1e-4, abs=1e-6), k
-    assert (tmp_path / "run" / "final" / "deepspeed" / "policy").is_dir()
+    assert (tmp_path / "run" / "final" / "trainer" / "deepspeed" / "policy").is_dir()

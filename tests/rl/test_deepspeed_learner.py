@@ -15,7 +15,7 @@ from apr.model import load_checkpoint  # noqa: E402
 from apr.rl.batch import sequences_from_trees  # noqa: E402
 from apr.rl.learner import Learner  # noqa: E402
 from apr.rl.trainer import InProcessCluster, RLTrainer  # noqa: E402
-from apr.sft.metrics import read_metrics  # noqa: E402
+from apr.train.metrics import read_metrics  # noqa: E402
 from tests.rl._setup import make_checkpoint, make_data, rl_config  # noqa: E402
 
 DS = {"train.strategy": "deepspeed", "train.zero_stage": 2}
@@ -89,7 +89,7 @@ def test_zero2_run_trains_and_matches_torch(tmp_path, assets):
     for k in ("rl/loss", "rl/grad_norm", "rl/kl", "rollout/reward", "rl/train_tokens"):
         assert ds[1][k] == pytest.approx(plain[1][k], rel=1e-4, abs=1e-6), k
     final = tmp_path / "ds" / "run" / "final"
-    assert (final / "deepspeed" / "policy").is_dir()
+    assert (final / "trainer" / "deepspeed" / "policy").is_dir()
     start, end = load_checkpoint(init)[0].state_dict(), load_checkpoint(final)[0].state_dict()
     assert max(float((start[k] - end[k]).abs().max()) for k in start) > 0
 
@@ -118,7 +118,7 @@ def test_ppo_critic_under_deepspeed_saves_and_loads(tmp_path, assets, rollout_ba
     metrics = learner.update(copy.deepcopy(rollout_batch))  # GAE rewrites the batch's advantages
     assert math.isfinite(metrics["rl/value_loss"]) and math.isfinite(metrics["rl/critic_grad_norm"])
     learner.save(tmp_path / "ckpt")
-    assert (tmp_path / "ckpt" / "deepspeed" / "critic").is_dir()
+    assert (tmp_path / "ckpt" / "trainer" / "deepspeed" / "critic").is_dir()
     again = Learner(cfg)
     assert again.load(tmp_path / "ckpt") == 1
     ca, cb = learner.critic.state_dict(), again.critic.state_dict()

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["apr.rl.config", "apr.rl.strategy", "apr.rl.weights", "apr.rl.batch", "apr.rl.rollout", "apr.rl.algos",
-           "apr.rl.group"]
+MODULES = ["apr.rl.config", "apr.rl.weights", "apr.rl.batch", "apr.rl.rollout", "apr.rl.algos",
+           "apr.train.collectives"]
 
 
 @pytest.mark.parametrize("module", MODULES)

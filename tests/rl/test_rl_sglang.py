@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from apr.rl.trainer import InProcessCluster, RLTrainer
-from apr.sft.metrics import read_metrics
+from apr.train.metrics import read_metrics
 from tests.engine.sglang_standin import Standin
 from tests.rl._setup import make_assets, rl_config
 

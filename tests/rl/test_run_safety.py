@@ -9,7 +9,7 @@ import pytest
 
 from apr.config import ConfigError
 from apr.rl.trainer import InProcessCluster, RLTrainer
-from apr.sft.metrics import read_metrics
+from apr.train.metrics import read_metrics
 from tests.rl._setup import make_checkpoint, make_data, rl_config
 
 
@@ -60,15 +60,15 @@ def test_overwrite_sets_the_earlier_run_aside(two_steps, tmp_path):
     assert [r["step"] for r in read_metrics(run) if "rl/loss" in r] == [1]
     (aside,) = (run / "replaced").iterdir()
     assert json.loads((aside / "final" / "trainer_state.json").read_text())["step"] == 2
-    assert (aside / "checkpoints" / "step_00000001" / "learner.pt").is_file()
+    assert (aside / "checkpoints" / "step_00000001" / "trainer" / "learner.pt").is_file()
 
 
 def test_resume_falls_back_from_a_damaged_checkpoint(two_steps, tmp_path, capsys):
     init, data = _copy(two_steps, tmp_path)
     run = tmp_path / "run"
-    learner = run / "final" / "learner.pt"
+    learner = run / "final" / "trainer" / "learner.pt"
     learner.write_bytes(learner.read_bytes()[:100])  # a torn write, e.g. a full disk
     summary = _fit(_cfg(tmp_path, init, data, resume=True))
     out = capsys.readouterr().out
-    assert "final is damaged: learner.pt: 100 bytes, but" in out and "resuming at step 1 from" in out
-    assert summary["step"] == 2 and (run / "damaged" / "final" / "learner.pt").is_file()
+    assert "final is damaged: trainer/learner.pt: 100 bytes, but" in out and "resuming at step 1 from" in out
+    assert summary["step"] == 2 and (run / "damaged" / "final" / "trainer" / "learner.pt").is_file()

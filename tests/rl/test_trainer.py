@@ -11,7 +11,7 @@ import torch
 from apr.config import ConfigError
 from apr.model import load_checkpoint
 from apr.rl.trainer import InProcessCluster, RLError, RLTrainer
-from apr.sft.metrics import read_metrics
+from apr.train.metrics import read_metrics
 from tests.rl._setup import make_checkpoint, make_data, rl_config
 
 
@@ -36,7 +36,7 @@ def test_grpo_run_updates_logs_and_checkpoints(tmp_path, assets):
     summary = _fit(cfg)
     run = tmp_path / "run"
     assert summary["step"] == 3 and (run / "final" / "model.safetensors").is_file()
-    assert (run / "checkpoints" / "step_00000002" / "learner.pt").is_file()
+    assert (run / "checkpoints" / "step_00000002" / "trainer" / "learner.pt").is_file()
     assert _max_change(init, run / "final") > 0
     rows = [r for r in read_metrics(run) if "rl/loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -80,7 +80,7 @@ def test_ppo_with_critic(tmp_path, assets):
     _fit(cfg)
     rows = [r for r in read_metrics(tmp_path / "run") if "rl/loss" in r]
     assert all(math.isfinite(r["rl/value_loss"]) and math.isfinite(r["rl/critic_grad_norm"]) for r in rows)
-    state = torch.load(tmp_path / "run" / "final" / "learner.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "final" / "trainer" / "learner.pt", weights_only=False)
     assert "critic" in state and any(k.startswith("head") for k in state["critic"])
 
 

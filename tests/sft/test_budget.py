@@ -9,7 +9,7 @@ import pytest
 
 from apr.config import ConfigError
 from apr.sft import Trainer
-from apr.sft.metrics import read_metrics
+from apr.train.metrics import read_metrics
 
 from ._helpers import small_cfg
 

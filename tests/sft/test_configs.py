@@ -70,7 +70,7 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, capsys):
     AVX2 EPYC): `auto` picks fp32 there, an explicit bf16 is kept with a warning."""
     import torch
 
-    from apr.sft import strategy
+    from apr.train import device as strategy
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(strategy, "has_native_bf16", lambda device: False)

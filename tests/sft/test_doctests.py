@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["apr.model.hf", "apr.sft.config", "apr.sft.data", "apr.sft.packing", "apr.sft.optim", "apr.sft.metrics",
-           "apr.sft.strategy"]
+MODULES = ["apr.model.hf", "apr.sft.config", "apr.sft.data", "apr.sft.packing", "apr.train.optim", "apr.train.metrics",
+           "apr.train.strategy", "apr.train.device", "apr.train.config", "apr.net"]
 
 
 @pytest.mark.parametrize("module", MODULES)

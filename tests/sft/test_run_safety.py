@@ -10,8 +10,8 @@ from apr.api import Reasoner
 from apr.config import ConfigError
 from apr.model import load_checkpoint
 from apr.sft import Trainer
-from apr.sft import checkpoint as ckpt
-from apr.sft.metrics import read_metrics
+from apr.train import checkpoint as ckpt
+from apr.train.metrics import read_metrics
 
 from ._helpers import small_cfg
 

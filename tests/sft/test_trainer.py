@@ -10,10 +10,10 @@ import torch
 
 from apr.config import ConfigError
 from apr.sft import Trainer
-from apr.sft.metrics import read_metrics
 from apr.sft.packing import eval_batches
 from apr.sft.trainer import prepare_data
 from apr.sft.validate import validation_loss
+from apr.train.metrics import read_metrics
 
 from ._helpers import small_cfg
 

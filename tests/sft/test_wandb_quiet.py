@@ -2,7 +2,7 @@
 under <run_dir>/wandb/, and the console gets one line of ours saying where the run is and how to upload it."""
 
 from apr.sft.config import WandbConfig
-from apr.sft.metrics import MetricsLog, read_metrics
+from apr.train.metrics import MetricsLog, read_metrics
 
 
 def test_offline_wandb_prints_one_line_of_ours(tmp_path, capfd, monkeypatch):

@@ -142,7 +142,7 @@ class WeightUpdater:
                 future.result(timeout=cfg.timeout_s)
 
     def _join_group(self):
-        from apr.sft.strategy import free_port
+        from apr.net import free_port
 
         cfg = self.cfg
         address = cfg.weight_sync_address or ("127.0.0.1" if cfg.is_local else

@@ -1,15 +1,17 @@
-"""Atomic checkpoints: HF model + tokenizer + trainer state, newest-K retention, exact resume.
+"""Atomic checkpoints with one layout for SFT and RL: HF model + tokenizer + trainer state; newest-K
+retention, exact resume, run-directory safety (refuse to clobber, set aside, same recipe).
 
 Layout of one checkpoint (`<run_dir>/checkpoints/step_00000500/`, or `<run_dir>/final/`):
 
     config.json, model.safetensors, generation_config.json, tokenizer*.json   # plain HF
-    trainer_state.json   # step, data position (epoch, step in epoch), metrics
-    trainer/             # optimizer + scheduler (or DeepSpeed's shards), rng_rank<r>.pt per process
+    trainer_state.json   # step, data position, time budget, the run's recipe
+    trainer/             # per strategy <name>_optim.pt (or DeepSpeed's deepspeed/<name>/),
+                         # rng_rank<r>.pt per process, and what a trainer adds (RL: learner.pt)
 
 It is written into `.tmp-<name>` beside its final name and renamed when complete, so a crash
 never leaves a half-written checkpoint under a name that `latest` would pick.
 
-    >>> # path = save(run_dir / "checkpoints" / "step_00000500", strategy, tokenizer, state)
+    >>> # save(run_dir / "checkpoints" / "step_00000500", lambda d: save_model(d, strategy, tok), state)
     >>> # state = load(latest(run_dir), strategy)   # after strategy.setup
 """
 
@@ -19,6 +21,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from apr.model import save_checkpoint
 from apr.model.integrity import find_damage, write_manifest
 
 STATE_FILE = "trainer_state.json"
+TRAINER_DIR = "trainer"
 
 
 def rng_state() -> dict:
@@ -49,27 +53,53 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, strategy, tokenizer, state: dict) -> Path:
-    """Write a complete checkpoint at `path` (collective: every process calls it)."""
-    import torch
-
+def save(path: Path, write: Callable[[Path], None], state: dict, is_main: bool = True,
+         barrier: Callable[[], None] = lambda: None) -> Path:
+    """Write a complete checkpoint at `path`: `write(tmp)` fills the staging directory (every process
+    calls this when several do: pass `is_main` and the group's `barrier`), then `state` goes to
+    trainer_state.json and the directory is sealed and renamed."""
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}"
-    if strategy.is_main:
+    if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "trainer").mkdir(parents=True)
-    strategy.barrier()
-    full = strategy.export_state_dict()  # collective under ZeRO-3
-    if strategy.is_main:
-        save_checkpoint(strategy.module, tokenizer, tmp, state_dict=full)
-    strategy.save_state(tmp / "trainer")
-    torch.save(rng_state(), tmp / "trainer" / f"rng_rank{strategy.rank}.pt")
-    strategy.barrier()
-    if strategy.is_main:
+        (tmp / TRAINER_DIR).mkdir(parents=True)
+    barrier()
+    write(tmp)
+    barrier()
+    if is_main:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         publish(tmp, path)
-    strategy.barrier()
+    barrier()
     return path
+
+
+def save_model(path: Path, strategy, tokenizer) -> None:
+    """The HF model and tokenizer (main process) and this process's part of `trainer/`: the strategy's
+    state and RNG. Collective under ZeRO-3 (the full weights are gathered)."""
+    import torch
+
+    trainer = Path(path) / TRAINER_DIR
+    trainer.mkdir(parents=True, exist_ok=True)
+    full = strategy.hf_state_dict()
+    if strategy.is_main:
+        save_checkpoint(strategy.module, tokenizer, path, state_dict=full)
+    strategy.save_state(trainer)
+    torch.save(rng_state(), trainer / f"rng_rank{strategy.rank}.pt")
+
+
+def load_model_state(path: Path, strategy, rank: int) -> None:
+    """Restore the strategy's state (optimizer, scheduler; DeepSpeed: also the weights) and this
+    process's RNG (rank 0's where the checkpoint has none for `rank`) from `path/trainer/`."""
+    import torch
+
+    trainer = Path(path) / TRAINER_DIR
+    if not trainer.is_dir():
+        raise ConfigError(f"resume: {str(path)!r} has no {TRAINER_DIR}/ (a checkpoint of an older layout, or only "
+                          "HF weights); accepted: a checkpoint written by this version, or overwrite=true / "
+                          "init=<that directory> to start a new run from its weights")
+    strategy.load_state(trainer)
+    rng = trainer / f"rng_rank{rank}.pt"
+    set_rng_state(torch.load(rng if rng.is_file() else trainer / "rng_rank0.pt", weights_only=False))
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -81,16 +111,11 @@ def publish(tmp: Path, path: Path) -> None:
 
 
 def load(path: Path, strategy) -> dict:
-    """Restore optimizer/scheduler and this process's RNG from `path`; returns the trainer state.
+    """Restore the strategy and this process's RNG from `path`; returns the trainer state.
 
     The model weights come from the same directory, loaded before `strategy.setup`."""
-    import torch
-
-    path = Path(path)
-    strategy.load_state(path / "trainer")
-    rng_file = path / "trainer" / f"rng_rank{strategy.rank}.pt"
-    set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / STATE_FILE).read_text())
+    load_model_state(path, strategy, strategy.rank)
+    return json.loads((Path(path) / STATE_FILE).read_text())
 
 
 def periodic(run_dir: Path) -> list[Path]:

@@ -1,6 +1,6 @@
-"""The learners' process group (`dist.num_learners` > 1): joining it, and the few collectives the
-learner needs. With one learner there is no group and every function here is the identity, so the
-single-learner path runs exactly the code it always did.
+"""Collectives of the trainers' process group: torchrun's world for SFT, the RL learners' world
+(`dist.num_learners` > 1, joined with `join`). Without a group every function here is the identity,
+so a single process runs exactly the code it always did.
 
     >>> world_size(), rank()
     (1, 0)
@@ -38,19 +38,20 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _device() -> torch.device:
+def comm_device() -> torch.device:
+    """Where tensors sent over the group live: the current GPU under nccl, else the CPU."""
     import torch.distributed as dist
 
-    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    """Element-wise sums over the learners (float64 on the wire)."""
+    """Element-wise sums over the processes (float64 on the wire)."""
     if world_size() == 1:
         return list(values)
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64, device=_device())  # (K,)
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())  # (K,)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -60,7 +61,7 @@ def all_reduce_max(value: int) -> int:
         return value
     import torch.distributed as dist
 
-    t = torch.tensor([value], dtype=torch.long, device=_device())  # (1,)
+    t = torch.tensor([value], dtype=torch.long, device=comm_device())  # (1,)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
@@ -82,3 +83,10 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         n = p.grad.numel()
         p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
         offset += n
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

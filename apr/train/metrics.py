@@ -1,10 +1,13 @@
-"""Timed phases, and metrics out to `metrics.jsonl`, wandb (offline by default) and a progress bar.
+"""Timed phases, metrics out to `metrics.jsonl` and wandb (offline by default), a progress bar, and when a
+periodic action (eval, checkpoint) is due: the same for SFT and RL.
 
     >>> times = {}
     >>> with timer("forward_backward", times):
     ...     pass
     >>> list(times)
     ['time/forward_backward_s']
+    >>> [is_due(s, 2) for s in (1, 2)], is_due(2, 0)
+    ([False, True], False)
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from apr.sft.config import WandbConfig
+from apr.train.config import WandbConfig
 
 
 @contextlib.contextmanager
@@ -92,9 +95,20 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
-    """A tqdm bar over optimizer steps (ETA from tqdm); postfix carries loss and tokens/s."""
+def progress_bar(total: int | None, initial: int, enabled: bool, desc: str):
+    """A tqdm bar over optimizer steps (ETA from tqdm); the trainer's postfix carries its figures."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
-                desc="sft")
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc=desc)
+
+
+def is_due(step: int, every: int) -> bool:
+    """Whether a periodic action (every `every` steps; 0: never) is due after `step` steps."""
+    return every > 0 and step % every == 0
+
+
+def say(prefix: str, msg: str) -> None:
+    """One line to the console that keeps a progress bar intact."""
+    from tqdm import tqdm
+
+    tqdm.write(f"[{prefix}] {msg}")
