@@ -1,6 +1,13 @@
-"""Advantage estimators, credit assignment and policy losses: small pure functions in registries.
+"""Advantage estimators, credit assignment, policy losses and loss aggregations: small pure functions in
+registries, one signature per kind, chosen by name from config (as verl's `core_algos`), never by `if`
+chains in the loop. What the loop must know of a variant is a trait set at registration (e.g. an
+estimator's `uses_critic`, an aggregation's `denominator`); registering a name twice is an error.
 
-Chosen by name from config (as verl's `core_algos`), never by `if` chains in the loop.
+- advantage `(rewards (B,), group_ids (B,), **params) -> (B,)` per tree; traits `uses_critic`,
+  `needs_groups`, `params` (the `algo.*` fields it reads), `scale` (what it multiplies a reward by);
+- credit `(root_advantage, threads, scale=1.0, **) -> [per thread]`; trait `needs_outcomes`;
+- policy loss `(logp, old_logp, advantages, clip, mask) -> (per-token loss, clipped)` (all (B, T));
+- aggregation `(loss, mask, seq_weights, denom) -> scalar`; trait `denominator(mask, seq_weights)`.
 
     >>> import torch
     >>> adv = ADVANTAGES["grpo"](torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
@@ -20,43 +27,36 @@ POLICY_LOSSES: dict[str, Callable] = {}
 AGGREGATIONS: dict[str, Callable] = {}
 
 
-def _register(table: dict, name: str):
+def register_in(table: dict, name: str, **traits):
+    """A decorator that adds a function to `table` under `name` (twice is an error), with `traits` as attributes."""
     def wrap(fn):
+        if name in table:
+            raise ValueError(f"{name!r} is registered twice (as {table[name].__qualname__} and {fn.__qualname__})")
+        for key, value in traits.items():
+            setattr(fn, key, value)
         table[name] = fn
         return fn
 
     return wrap
 
 
-# ---- advantages over rollouts (one scalar per tree) --------------------------------------------------
-@_register(ADVANTAGES, "grpo")
-def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_std: bool = True,
-                    eps: float = 1e-6) -> torch.Tensor:
-    """Group-normalised reward: (r - mean_group) / (std_group + eps); std is the unbiased one.
-
-    A group whose rewards are all equal gets zero advantage (no signal, no noise).
-    """
-    adv = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
-    for g in group_ids.unique():
-        idx = group_ids == g
-        r = rewards[idx].float()
-        centred = r - r.mean()
-        if norm_std and r.numel() > 1 and r.std() > 0:
-            centred = centred / (r.std(unbiased=True) + eps)
-        adv[idx] = centred
-    return adv
+def register_advantage(name: str, *, uses_critic: bool = False, needs_groups: bool = True,
+                       params: tuple[str, ...] = (), scale: Callable | None = None):
+    """`scale(rewards, group_ids, **params) -> (B,)`: d advantage / d reward (default: `reward_scale`)."""
+    return register_in(ADVANTAGES, name, uses_critic=uses_critic, needs_groups=needs_groups, params=params,
+                     scale=scale or reward_scale)
 
 
-@_register(ADVANTAGES, "rloo")
-def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torch.Tensor:
-    """Leave-one-out baseline: r_i - mean of the other samples of its group."""
-    adv = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
-    for g in group_ids.unique():
-        idx = group_ids == g
-        r = rewards[idx].float()
-        n = r.numel()
-        adv[idx] = r - (r.sum() - r) / (n - 1) if n > 1 else torch.zeros_like(r)
-    return adv
+def register_credit(name: str, *, needs_outcomes: bool = False):
+    return register_in(CREDIT, name, needs_outcomes=needs_outcomes)
+
+
+def register_policy_loss(name: str):
+    return register_in(POLICY_LOSSES, name)
+
+
+def register_aggregation(name: str, *, denominator: Callable):
+    return register_in(AGGREGATIONS, name, denominator=denominator)
 
 
 def reward_scale(rewards: torch.Tensor, group_ids: torch.Tensor, norm_std: bool = True, eps: float = 1e-6,
@@ -75,14 +75,52 @@ def reward_scale(rewards: torch.Tensor, group_ids: torch.Tensor, norm_std: bool 
     return scale
 
 
+# ---- advantages over rollouts (one scalar per tree) --------------------------------------------------
+@register_advantage("grpo", params=("norm_std", "eps"))
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_std: bool = True,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """Group-normalised reward: (r - mean_group) / (std_group + eps); std is the unbiased one.
+
+    A group whose rewards are all equal gets zero advantage (no signal, no noise).
+    """
+    adv = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
+    for g in group_ids.unique():
+        idx = group_ids == g
+        r = rewards[idx].float()
+        centred = r - r.mean()
+        if norm_std and r.numel() > 1 and r.std() > 0:
+            centred = centred / (r.std(unbiased=True) + eps)
+        adv[idx] = centred
+    return adv
+
+
+@register_advantage("rloo")
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torch.Tensor:
+    """Leave-one-out baseline: r_i - mean of the other samples of its group."""
+    adv = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
+    for g in group_ids.unique():
+        idx = group_ids == g
+        r = rewards[idx].float()
+        n = r.numel()
+        adv[idx] = r - (r.sum() - r) / (n - 1) if n > 1 else torch.zeros_like(r)
+    return adv
+
+
+@register_advantage("gae", uses_critic=True, needs_groups=False,
+                    scale=lambda rewards, group_ids, **_: torch.ones_like(rewards, dtype=torch.float32))
+def critic_placeholder(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torch.Tensor:
+    """PPO: the learner's critic computes per-token advantages (`gae` below); until then a tree carries its reward."""
+    return rewards.float()
+
+
 # ---- credit assignment: a tree's advantage -> each of its threads ------------------------------------
-@_register(CREDIT, "root")
+@register_credit("root")
 def credit_root(root_advantage: float, threads: list[dict], scale: float = 1.0, **_) -> list[float]:
     """Every thread of the tree gets the root's advantage (the paper's end-to-end choice)."""
     return [root_advantage] * len(threads)
 
 
-@_register(CREDIT, "child_outcome")
+@register_credit("child_outcome", needs_outcomes=True)
 def credit_child_outcome(root_advantage: float, threads: list[dict], scale: float = 1.0, bonus: float = 0.5
                          ) -> list[float]:
     """Root: the root's advantage. A child: the root's advantage + `bonus` x its outcome x `scale`.
@@ -121,7 +159,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 # ---- policy losses (per token) ------------------------------------------------------------------
-@_register(POLICY_LOSSES, "ppo_clip")
+@register_policy_loss("ppo_clip")
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2,
                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO-clip loss and whether the token was clipped. All (B, T).
@@ -155,7 +193,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None 
 
 
 # ---- aggregation of per-token losses -----------------------------------------------------------------
-@_register(AGGREGATIONS, "token_mean")
+@register_aggregation("token_mean", denominator=lambda mask, seq_weights: float(mask.sum()))
 def token_mean(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None,
                denom: float | None = None) -> torch.Tensor:
     """Mean over every generated token of the batch.
@@ -166,7 +204,7 @@ def token_mean(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor
     return (loss * m).sum() / (m.sum().clamp(min=1) if denom is None else max(denom, 1e-8))
 
 
-@_register(AGGREGATIONS, "seq_mean_per_rollout")
+@register_aggregation("seq_mean_per_rollout", denominator=lambda mask, seq_weights: float(seq_weights.sum()))
 def seq_mean_per_rollout(loss: torch.Tensor, mask: torch.Tensor, seq_weights: torch.Tensor | None = None,
                          denom: float | None = None) -> torch.Tensor:
     """The paper's aggregation: each sequence's token mean, weighted by 1/threads of its rollout,
@@ -181,7 +219,5 @@ def seq_mean_per_rollout(loss: torch.Tensor, mask: torch.Tensor, seq_weights: to
 
 
 def aggregation_denominator(name: str, mask: torch.Tensor, seq_weights: torch.Tensor) -> float:
-    """What `AGGREGATIONS[name]` divides by over a whole batch: generated tokens, or rollouts."""
-    if name == "token_mean":
-        return float(mask.sum())
-    return float(seq_weights.sum())
+    """What `AGGREGATIONS[name]` divides by over a whole batch (generated tokens, or rollouts)."""
+    return AGGREGATIONS[name].denominator(mask, seq_weights)

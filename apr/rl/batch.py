@@ -1,9 +1,6 @@
-"""Rollouts (runtime thread trees) -> token-exact training sequences, one per thread.
+"""The tensor batch the learner trains on (`SequenceBatch`, one row per thread), and how its rows are cut
+into micro-batches and shared among data-parallel learners. `apr.rl.sequences` builds it from rollouts.
 
-Nothing is decoded or re-tokenized: the ids and log-probs the engine sampled are the ones
-trained on, and the generated-token mask excludes prompts and runtime-written results.
-
-    >>> # batch = sequences_from_trees(trees, rewards, group_ids, advantage="grpo", credit="root")
     >>> # batch.ids (N, T), batch.mask (N, T), batch.old_logprobs (N, T), batch.advantages (N,)
 """
 
@@ -12,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-
-from apr.rl.algos import ADVANTAGES, CREDIT, reward_scale
 
 
 @dataclass
@@ -82,69 +77,3 @@ def shard_rows(lengths: list[int], num_shards: int) -> list[list[int]]:
         shards[k].append(i)
         totals[k] += lengths[i]
     return [sorted(rows) for rows in shards]
-
-
-def _thread_info(tree, outcomes: list[int] | None) -> list[dict]:
-    threads = tree.threads()
-    outcomes = outcomes or [0] * len(threads)
-    return [{"is_root": t.parent is None, "outcome": o} for t, o in zip(threads, outcomes)]
-
-
-def sequences_from_trees(trees, rewards: list[float], group_ids: list[int], advantage: str = "grpo",
-                         credit: str = "root", pad_id: int = 0, outcomes: list[list[int]] | None = None,
-                         **adv_kwargs) -> SequenceBatch:
-    """Every thread of every tree as a training sequence with its (credited) advantage.
-
-    `advantage` names an entry of ADVANTAGES, or `gae` (PPO: the learner's critic fills them in).
-    `outcomes[k]`: tree k's per-thread outcomes for `credit=child_outcome` (`Rollout.thread_outcomes`)."""
-    r = torch.tensor(rewards, dtype=torch.float32)  # (B,)
-    groups = torch.tensor(group_ids)  # (B,)
-    # gae: per-token advantages come later from the critic; until then a thread carries its reward
-    adv_tree = r if advantage == "gae" else ADVANTAGES[advantage](r, groups, **adv_kwargs)  # (B,)
-    scale = torch.ones_like(r) if advantage == "gae" else reward_scale(r, groups, **adv_kwargs)  # (B,)
-    rows, masks, lps, advs, weights, owners, scores = [], [], [], [], [], [], []
-    for k, tree in enumerate(trees):
-        threads = tree.threads()
-        info = _thread_info(tree, outcomes[k] if outcomes else None)
-        per_thread = CREDIT[credit](float(adv_tree[k]), info, scale=float(scale[k]))
-        scores += CREDIT[credit](float(r[k]), info, scale=1.0)
-        # threads that generated nothing (a child cut before its first token) carry no weight
-        num_trained = max(sum(t.num_generated > 0 for t in threads), 1)
-        for t, a in zip(threads, per_thread):
-            rows.append(t.all_ids)
-            masks.append(t.full_mask)
-            lps.append([0.0] * len(t.prompt_ids) + list(t.logprobs))
-            advs.append(a)
-            weights.append(1.0 / num_trained if t.num_generated > 0 else 0.0)
-            owners.append(k)
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)  # (N, T)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)  # (N, T)
-    old = torch.zeros(len(rows), T)  # (N, T)
-    for i, (r, m, lp) in enumerate(zip(rows, masks, lps)):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(m)] = torch.tensor(m)
-        old[i, :len(lp)] = torch.tensor(lp) * torch.tensor(m, dtype=torch.float32)
-    return SequenceBatch(ids, mask, old, torch.tensor(advs), torch.tensor(weights), torch.tensor(owners),
-                         torch.tensor([len(x) for x in rows]), torch.tensor(scores))
-
-
-def token_logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   entropy_grad: bool = False, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each token given its prefix, entropy of the predictive distribution), both (N, T).
-
-    The distribution is the one rollouts sampled from: logits / `temperature` (as verl does; the
-    engine returns log-probs of the same tempered distribution, `apr.engine.sampler`).
-    Position 0 has no prefix and gets 0; labels are NOT shifted by hand beyond this one alignment.
-    The entropy is computed without a graph unless `entropy_grad` (an entropy bonus needs one),
-    and no (N, T, V) log-softmax is kept: log p = logit - logsumexp.
-    """
-    logits = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()  # (N, T-1, V)
-    if temperature != 1.0:
-        logits = logits / temperature  # (N, T-1, V)
-    lse = torch.logsumexp(logits, -1)  # (N, T-1)
-    logp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - lse  # (N, T-1)
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)  # (N, T-1)
-    zero = torch.zeros(ids.shape[0], 1, device=ids.device)  # (N, 1)
-    return torch.cat([zero, logp], 1), torch.cat([zero, entropy], 1)

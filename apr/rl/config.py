@@ -17,9 +17,6 @@ from apr.rl.algos import ADVANTAGES, AGGREGATIONS, CREDIT, POLICY_LOSSES
 from apr.runtime import RuntimeConfig
 from apr.train.config import CheckpointConfig, WandbConfig
 
-# `gae` needs a critic (PPO); the others score a whole rollout from its group.
-ADVANTAGE_NAMES = (*ADVANTAGES, "gae")
-
 
 @dataclass
 class RLDataConfig:
@@ -55,15 +52,15 @@ class AlgoConfig:
 
 
     def __post_init__(self) -> None:
-        check(self.advantage in ADVANTAGE_NAMES, "algo.advantage", self.advantage, ", ".join(ADVANTAGE_NAMES))
+        check(self.advantage in ADVANTAGES, "algo.advantage", self.advantage, ", ".join(ADVANTAGES))
         check(self.credit in CREDIT, "algo.credit", self.credit, ", ".join(CREDIT))
         check(self.group_size >= 1, "algo.group_size", self.group_size, "a positive integer")
-        check(self.advantage == "gae" or self.group_size >= 2, "algo.group_size", self.group_size,
+        check(not ADVANTAGES[self.advantage].needs_groups or self.group_size >= 2, "algo.group_size", self.group_size,
               f">= 2 for {self.advantage} (a group baseline needs two samples)")
         from apr.rl.rollout import resolve_reward
 
         resolve_reward(self.reward)
-        check(self.credit != "child_outcome" or self.reward == "countdown", "algo.credit", self.credit,
+        check(not CREDIT[self.credit].needs_outcomes or self.reward == "countdown", "algo.credit", self.credit,
               "root with a reward of your own (child_outcome checks children's Countdown paths: reward=countdown)")
         check(0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "algo.lam/gamma", (self.lam, self.gamma),
               "numbers in [0, 1]")
@@ -269,7 +266,7 @@ class RLConfig:
 
     @property
     def uses_critic(self) -> bool:
-        return self.algo.advantage == "gae"
+        return ADVANTAGES[self.algo.advantage].uses_critic
 
     @property
     def uses_ref(self) -> bool:

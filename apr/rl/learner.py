@@ -13,7 +13,6 @@ How a model is stepped (plain torch, or DeepSpeed ZeRO) is `train.strategy` (`ap
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import torch
 
 from apr.model import load_checkpoint
 from apr.rl.algos import aggregation_denominator, gae
-from apr.rl.batch import SequenceBatch, micro_batches, token_logprobs
+from apr.rl.batch import SequenceBatch, micro_batches
 from apr.rl.config import RLConfig
+from apr.rl.logprobs import batched_logprobs
 from apr.rl.loss import policy_loss, value_loss
 from apr.rl.weights import to_buckets
 from apr.train import checkpoint as ckpt
@@ -33,19 +33,6 @@ from apr.train.optim import build_optimizer, build_scheduler
 from apr.train.strategy import STRATEGIES
 
 LEARNER_STATE = "learner.pt"  # under the checkpoint's trainer/: the policy version and a torch critic's weights
-
-
-def batched_logprobs(model, batch: SequenceBatch, max_tokens: int, autocast=contextlib.nullcontext,
-                     device: torch.device | str = "cpu", temperature: float = 1.0) -> torch.Tensor:
-    """(N, T) log-prob of every token under `model` (logits / `temperature`), without gradients, in micro-batches."""
-    out = torch.zeros(batch.ids.shape)  # (N, T)
-    with torch.no_grad():
-        for rows in micro_batches(batch.lengths.tolist(), max_tokens):
-            sub = batch.select(rows)
-            with autocast():
-                logp, _ = token_logprobs(model, sub.ids.to(device), temperature=temperature)  # (n, t)
-            out[torch.tensor(rows), :logp.shape[1]] = logp.float().cpu()
-    return out
 
 
 class ValueModel(torch.nn.Module):

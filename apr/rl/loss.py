@@ -11,8 +11,9 @@ import contextlib
 import torch
 
 from apr.rl.algos import AGGREGATIONS, POLICY_LOSSES, kl_k3, log_ratio
-from apr.rl.batch import SequenceBatch, token_logprobs
+from apr.rl.batch import SequenceBatch
 from apr.rl.config import LossConfig
+from apr.rl.logprobs import token_logprobs
 
 
 def token_advantages(batch: SequenceBatch) -> torch.Tensor:

@@ -19,22 +19,27 @@ from pathlib import Path
 
 from apr.config import from_dict, to_dict
 from apr.engine.config import engine_config, engine_name, engine_options, with_window
+from apr.rl.algos import CREDIT, register_in
 from apr.rl.config import AlgoConfig, RolloutConfig
 from apr.rl.weights import load_buckets
 from apr.runtime import Finish, RuntimeConfig, ThreadTree
 from apr.search import child_outcome
 from apr.task import Problem, reward
 
-
-def countdown_reward(problem: Problem, text: str, algo: AlgoConfig) -> float:
-    """1 if the root's last answer line solves the problem, `algo.format_bonus` if it is well formed."""
-    return reward(problem, text, algo.format_bonus)
-
-
 # reward(problem, text, algo config) -> float, chosen by `algo.reward`. `text` is what the root wrote
 # itself (`ReasoningTree.own_text`: no joined results, no spawn messages); a root that did not end
 # with <eos> scores 0 without calling it unless `algo.require_eos` is false.
-REWARDS = {"countdown": countdown_reward}
+REWARDS: dict = {}
+
+
+def register_reward(name: str):
+    return register_in(REWARDS, name)
+
+
+@register_reward("countdown")
+def countdown_reward(problem: Problem, text: str, algo: AlgoConfig) -> float:
+    """1 if the root's last answer line solves the problem, `algo.format_bonus` if it is well formed."""
+    return reward(problem, text, algo.format_bonus)
 
 
 def resolve_reward(name: str):
@@ -195,7 +200,7 @@ class RolloutWorker:
             i, s = divmod(k, num_samples)
             counts = r.tree.ended_cleanly or not self.algo.require_eos
             score = self.reward_fn(problems[i], r.tree.own_text(), self.algo) if counts else 0.0
-            outcomes = self._thread_outcomes(problems[i], r) if self.algo.credit == "child_outcome" else None
+            outcomes = self._thread_outcomes(problems[i], r) if CREDIT[self.algo.credit].needs_outcomes else None
             out.append(Rollout(first_index + i, s, r.tree.tree, score, r.correct, r.answer, self.policy_version,
                                outcomes))
         return out

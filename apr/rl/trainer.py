@@ -20,7 +20,7 @@ from pathlib import Path
 
 from apr.config import ConfigError, to_dict
 from apr.model.integrity import check_checkpoint, files_fingerprint, weights_hash
-from apr.rl.batch import sequences_from_trees
+from apr.rl.algos import CREDIT
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy
 from apr.rl.rollout import (
@@ -31,6 +31,7 @@ from apr.rl.rollout import (
     rollout_seed,
     worker_engine_config,
 )
+from apr.rl.sequences import advantage_params, sequences_from_trees
 from apr.train import checkpoint as ckpt
 from apr.train.budget import TimeBudget
 from apr.train.metrics import MetricsLog, is_due, progress_bar, say, timer
@@ -173,9 +174,9 @@ class RLTrainer:
         with timer("advantages", row):
             rewards = [r.reward for r in rollouts]
             groups = [r.problem_index for r in rollouts]
-            outcomes = [r.thread_outcomes for r in rollouts] if cfg.algo.credit == "child_outcome" else None
+            outcomes = [r.thread_outcomes for r in rollouts] if CREDIT[cfg.algo.credit].needs_outcomes else None
             batch = sequences_from_trees([r.tree for r in rollouts], rewards, groups, cfg.algo.advantage,
-                                         cfg.algo.credit, outcomes=outcomes, **_adv_kwargs(cfg))
+                                         cfg.algo.credit, outcomes=outcomes, **advantage_params(cfg.algo))
         ref = None
         if cfg.uses_ref:
             self.phase = "ref"
@@ -296,10 +297,6 @@ def rollout_metrics(rollouts: list[Rollout], prefix: str) -> dict:
             f"{prefix}/thread_len_mean": sum(lengths) / max(len(lengths), 1),
             f"{prefix}/thread_len_max": max(lengths, default=0),
             f"{prefix}/latency_s": mean("latency_s")}
-
-
-def _adv_kwargs(cfg: RLConfig) -> dict:
-    return {"norm_std": cfg.algo.norm_std, "eps": cfg.algo.eps} if cfg.algo.advantage == "grpo" else {}
 
 
 def _say(msg: str) -> None:

@@ -95,7 +95,7 @@ def test_deepspeed_learners_with_uneven_micro_batches_equal_one(ray_cluster, ass
     pytest.importorskip("deepspeed")
     from apr.dist.ray_cluster import RayCluster
     from apr.rl.algos import aggregation_denominator
-    from apr.rl.batch import sequences_from_trees
+    from apr.rl.sequences import sequences_from_trees
     from apr.rl.learner import Learner
     from apr.rl.rollout import load_problems
 

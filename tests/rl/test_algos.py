@@ -86,3 +86,39 @@ def test_aggregations_by_hand():
     assert AGGREGATIONS["seq_mean_per_rollout"](loss, mask, w).item() == pytest.approx(expected)
     empty = torch.zeros(1, 3)
     assert AGGREGATIONS["token_mean"](loss[:1], empty).item() == 0.0
+
+
+def test_registries_refuse_a_name_twice_and_keep_one_signature_per_kind():
+    """Every selectable variant is registered (issue 16 §4): one signature per kind, traits instead of string
+    branches, and a second registration of a name is an error that names both functions."""
+    import inspect
+
+    from apr.rl.algos import register_advantage
+    from apr.rl.rollout import REWARDS, register_reward
+
+    with pytest.raises(ValueError, match="'grpo' is registered twice"):
+        register_advantage("grpo")(lambda rewards, group_ids, **_: rewards)
+    with pytest.raises(ValueError, match="'countdown' is registered twice"):
+        register_reward("countdown")(lambda problem, text, algo: 0.0)
+    kinds = {"advantage": (ADVANTAGES, ["rewards", "group_ids"]), "credit": (CREDIT, ["root_advantage", "threads", "scale"]),
+             "policy loss": (POLICY_LOSSES, ["logp", "old_logp", "advantages", "clip", "mask"]),
+             "aggregation": (AGGREGATIONS, ["loss", "mask", "seq_weights", "denom"]),
+             "reward": (REWARDS, ["problem", "text", "algo"])}
+    for kind, (table, first) in kinds.items():
+        for name, fn in table.items():
+            params = [p for p in inspect.signature(fn).parameters if p != "_"]
+            assert params[:len(first)] == first, (kind, name, params)
+    # what the loop asks of a variant is a trait, not its name
+    assert [n for n, f in ADVANTAGES.items() if f.uses_critic] == ["gae"]
+    assert not ADVANTAGES["gae"].needs_groups and ADVANTAGES["rloo"].needs_groups
+    assert ADVANTAGES["grpo"].params == ("norm_std", "eps")
+    assert [n for n, f in CREDIT.items() if f.needs_outcomes] == ["child_outcome"]
+    mask, weights = torch.tensor([[1, 1, 0], [1, 0, 0]]), torch.tensor([0.5, 0.5])
+    assert AGGREGATIONS["token_mean"].denominator(mask, weights) == 3.0
+    assert AGGREGATIONS["seq_mean_per_rollout"].denominator(mask, weights) == 1.0
+
+
+def test_gae_estimator_carries_rewards_until_the_critic_fills_them_in():
+    r, g = torch.tensor([1.0, 0.0]), torch.tensor([0, 1])
+    assert ADVANTAGES["gae"](r, g).tolist() == [1.0, 0.0]
+    assert ADVANTAGES["gae"].scale(r, g).tolist() == [1.0, 1.0]

@@ -6,9 +6,10 @@ import torch
 from apr.engine.scripted import ScriptedEngine
 from apr.model import ModelConfig, build_model
 from apr.protocol import ProtocolIds, render_tree
-from apr.rl.batch import sequences_from_trees, token_logprobs
 from apr.rl.config import LossConfig
+from apr.rl.logprobs import token_logprobs
 from apr.rl.loss import policy_loss
+from apr.rl.sequences import sequences_from_trees
 from apr.runtime import Runtime, RuntimeConfig
 from apr.search import SearchConfig, solve
 from apr.task import CountdownConfig, generate_problems

@@ -95,8 +95,8 @@ def test_the_roots_own_answer_after_results_still_counts(tokenizer):
 
 # ---- 2. log-probs of the distribution that was sampled ---------------------------------------------
 def test_rollout_logprobs_equal_learner_logprobs_at_temperature(tokenizer, tmp_path):
-    from apr.rl.batch import sequences_from_trees
     from apr.rl.learner import Learner
+    from apr.rl.sequences import sequences_from_trees
     from tests.rl._setup import make_assets, rl_config
 
     init, data = make_assets(tokenizer, tmp_path)
@@ -129,8 +129,9 @@ def test_a_wild_masked_position_leaves_the_loss_finite(tokenizer):
 
     from apr.model import ModelConfig
     from apr.model.hf import build_for_tokenizer
-    from apr.rl.batch import SequenceBatch, token_logprobs
+    from apr.rl.batch import SequenceBatch
     from apr.rl.config import LossConfig
+    from apr.rl.logprobs import token_logprobs
     from apr.rl.loss import policy_loss
 
     model = build_for_tokenizer(ModelConfig("t", 32, 2, 2, None, 64, 64), tokenizer, seed=0)
@@ -158,8 +159,8 @@ def test_a_wild_masked_position_leaves_the_loss_finite(tokenizer):
 def test_a_nonfinite_gradient_is_never_applied_and_is_counted(tokenizer, tmp_path, strategy, stage):
     import torch
 
-    from apr.rl.batch import sequences_from_trees
     from apr.rl.learner import Learner
+    from apr.rl.sequences import sequences_from_trees
     from tests.rl._setup import make_assets, rl_config
 
     if strategy == "deepspeed":
@@ -204,7 +205,7 @@ def two_children(tokenizer, second_join: str) -> Reasoner:
 
 
 def child_advantages(tokenizer, second_join: str, group_rewards=(1.0, 0.0)) -> list[float]:
-    from apr.rl.batch import sequences_from_trees
+    from apr.rl.sequences import sequences_from_trees
 
     worker = rollout_worker(two_children(tokenizer, second_join), credit="child_outcome")
     [r] = worker.rollout([FOUR], 1, seed=0)
@@ -235,7 +236,7 @@ def test_no_bonus_in_a_group_without_signal(tokenizer):
 
 # ---- 5. smaller items ------------------------------------------------------------------------------------
 def test_children_that_generated_nothing_do_not_dilute_seq_mean(tokenizer):
-    from apr.rl.batch import sequences_from_trees
+    from apr.rl.sequences import sequences_from_trees
 
     root = root_prompt()
     reasoner = scripted_reasoner(tokenizer, {
