@@ -7,9 +7,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "apr"
 # DESIGN.md's order: a module imports only from its own layer or layers above it.
-# `config` (typed config helpers) sits on top; `datagen` (data sets of traces) after the tokenizer.
+# `config` (typed config helpers) sits on top; `datagen` (data sets of traces) after the tokenizer; `scoring`
+# (solve problems and score them, for SFT, RL and eval alike) after the api it drives.
 LAYERS = ["config", "task", "search", "protocol", "tokenizer", "datagen", "model", "sft", "engine", "runtime",
-          "api", "rl", "dist", "eval", "cli"]
+          "api", "scoring", "rl", "dist", "eval", "cli"]
 # runtime/ and engine/ know token ids, not Countdown.
 FORBIDDEN = {"engine": {"task", "search", "tokenizer", "datagen"}, "runtime": {"task", "search", "datagen"}}
 HEAVY_ONLY_IN = {"ray": {"dist", "cli"}, "deepspeed": {"sft", "rl", "dist", "cli"}}

@@ -33,7 +33,7 @@ from apr.sft.strategy import STRATEGIES
 from apr.sft.validate import loss_sums
 
 EvalHook = Callable[[object, object, int], dict]
-SHOWN = ("val/loss", "eval/solve_rate", "time/eval_hook_s")  # printed; everything goes to metrics.jsonl
+SHOWN = ("val/loss", "eval/accuracy", "time/eval_hook_s")  # printed; everything goes to metrics.jsonl
 
 
 @dataclass
