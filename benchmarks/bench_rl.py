@@ -109,7 +109,7 @@ class OursSide:
                   if f"time/{k}_s" in row}
         n = len(self.rollouts)
         return {"step_s": row["time/step_s"], "phases": phases,
-                "generated_tokens": round(row["rollout/generated_tokens"] * n), "rollouts": n,
+                "generated_tokens": round(row["rollout/mean_generated_tokens"] * n), "rollouts": n,
                 "reward": row["rollout/reward"],
                 "truncated_share": sum(r.tree.root.finish_reason == "window" for r in self.rollouts) / max(n, 1)}
 
@@ -220,8 +220,8 @@ class TRLSide:
 def make_setup(args) -> Setup:
     from transformers import AutoTokenizer
 
-    from apr.rl.rollout import load_problems
     from apr.search import problem_prompt
+    from apr.task import load_problems
 
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"no checkpoint at {args.model}: train the tiny N=3 SoS+ model with\n"

@@ -122,7 +122,7 @@ class Check:
                 "weights_dir": str(self.tmp / "weights"), **over}
 
     def problems(self) -> list:
-        from apr.rl.rollout import load_problems
+        from apr.task import load_problems
 
         return load_problems(self.args.data, "test", self.args.num_problems)
 

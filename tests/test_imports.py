@@ -7,9 +7,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "apr"
 # DESIGN.md's order: a module imports only from its own layer or layers above it.
-# `config` (typed config helpers) sits on top; `datagen` (data sets of traces) after the tokenizer.
+# `config` (typed config helpers) sits on top; `datagen` (data sets of traces) after the tokenizer; `train`
+# (the training core) above `sft`; `scoring` (solve problems and score them, for SFT, RL and eval alike)
+# after the api it drives.
 LAYERS = ["config", "net", "task", "search", "protocol", "tokenizer", "datagen", "model", "train", "sft", "engine",
-          "runtime", "api", "rl", "dist", "eval", "cli"]
+          "runtime", "api", "scoring", "rl", "dist", "eval", "cli"]
 # runtime/ and engine/ know token ids, not Countdown.
 FORBIDDEN = {"engine": {"task", "search", "tokenizer", "datagen"}, "runtime": {"task", "search", "datagen"}}
 HEAVY_ONLY_IN = {"ray": {"dist", "cli"}, "deepspeed": {"train", "cli"}}

@@ -23,13 +23,10 @@ from apr.cli.common import check_writable_dir, config_dir, run_clean, to_contain
 
 def inputs(c: dict) -> tuple:
     """(EvalConfig, {name: checkpoint dir}, problems, engine config) from the composed config, every field checked."""
-    import json
-    from pathlib import Path
-
     from apr.config import ConfigError, check, from_dict
     from apr.engine.config import engine_config, with_window
     from apr.eval import EvalConfig
-    from apr.task import Problem
+    from apr.task import load_problems
 
     cfg = from_dict(EvalConfig, c["eval"], "eval")
     engine = with_window(engine_config(c.get("engine") or {}), cfg.max_thread_tokens)
@@ -39,11 +36,7 @@ def inputs(c: dict) -> tuple:
     n = c["num_problems"]
     check(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1), "num_problems", n,
           "a positive integer, or null for the whole split")
-    problems_path = Path(c["data_dir"]) / c["split"] / "problems.jsonl"
-    if not problems_path.is_file():
-        raise ConfigError(f"data_dir: {str(problems_path)!r} not found; generate data with python -m apr.cli.data")
-    problems = [Problem.from_dict(json.loads(line)) for line in open(problems_path) if line.strip()]
-    return cfg, models, problems[:n] if n else problems, engine
+    return cfg, models, load_problems(c["data_dir"], c["split"], n, field="data_dir"), engine
 
 
 def preflight(c: dict) -> None:

@@ -10,7 +10,8 @@
 
 The solve-rate hook: when `apr.api.Reasoner` is importable, every `eval.every_steps` the model
 solves `eval.num_problems` validation problems greedily through the APR runtime, on the `engine`
-group's local engine (conf/engine/local.yaml; it decodes the weights being trained, in this process).
+group's local engine (conf/engine/local.yaml; it decodes the weights being trained, in this process),
+and logs the standard metrics (`apr.scoring.solve_and_score`) as `eval/accuracy`, `eval/mean_total_tokens`, ...
 """
 
 from __future__ import annotations
@@ -34,26 +35,22 @@ def load_tokenizer(data_dir: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def val_problems_path(cfg):
-    """`<data.dir>/val/problems.jsonl`, which the solve-rate hook solves; a ConfigError if it is missing."""
-    from pathlib import Path
+def val_problems(cfg, max_problems: int | None = None) -> list:
+    """The first problems of `<data.dir>/val/problems.jsonl`, which the solve-rate hook solves; a ConfigError
+    if it is missing."""
+    from apr.task import load_problems
 
-    from apr.config import ConfigError
-
-    path = Path(cfg.data.dir) / "val" / "problems.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"data.dir: {cfg.data.dir!r} has no val/problems.jsonl for the solve-rate evaluation "
-                          f"(eval.num_problems={cfg.eval.num_problems}); accepted: a data directory with a "
-                          "validation split (data.num_val > 0), or eval.num_problems=0")
-    return path
+    return load_problems(cfg.data.dir, "val", max_problems, purpose=" for the solve-rate evaluation "
+                         f"(eval.num_problems={cfg.eval.num_problems})", accepted="a data directory with a "
+                         "validation split (data.num_val > 0), or eval.num_problems=0")
 
 
 def solve_rate_hook(cfg, engine=None):
     """`evaluate(model, tokenizer, step) -> dict` over validation problems, or None if unavailable.
 
+    The dict holds the standard metrics (`apr.scoring.METRICS`), which the trainer logs as `eval/<name>`.
     `engine`: the hook's LocalEngineConfig (None: the local defaults at the data's window)."""
     import copy
-    import json
 
     if cfg.eval.num_problems == 0:
         return None
@@ -65,26 +62,16 @@ def solve_rate_hook(cfg, engine=None):
     if not (hasattr(Reasoner, "from_model") and hasattr(Reasoner, "solve_batch")):
         print("[sft] solve-rate evaluation unavailable (apr.api.Reasoner lacks from_model/solve_batch)", flush=True)
         return None
-    from apr.task import Problem
-
-    path = val_problems_path(cfg)
-    with open(path) as f:
-        problems = [Problem.from_dict(json.loads(line)) for line in f if line.strip()][:cfg.eval.num_problems]
     from apr.engine.config import engine_config, engine_options, with_window
+    from apr.scoring import solve_and_score
 
-    extra = {"condition": cfg.eval.condition} if cfg.eval.condition else {}
+    problems = val_problems(cfg, cfg.eval.num_problems)
     options = engine_options(with_window(engine_config(engine or {"max_seq_len": None}), cfg.data.max_seq_len))
 
     def evaluate(model, tokenizer, step: int) -> dict:
         # a copy: the engine may cast or move the model it is given
         reasoner = Reasoner.from_model(copy.deepcopy(model), tokenizer, **options)
-        results = reasoner.solve_batch(problems, **extra, **cfg.eval.limits)
-        out = {"solve_rate": sum(r.correct for r in results) / max(len(results), 1)}
-        keys = {k for r in results for k, v in r.metrics.items() if isinstance(v, (int, float))}
-        for k in sorted(keys):
-            values = [r.metrics[k] for r in results if isinstance(r.metrics.get(k), (int, float))]
-            out[f"mean_{k}"] = sum(values) / len(values)
-        return out
+        return solve_and_score(reasoner, problems, cfg.eval.limits, condition=cfg.eval.condition).metrics
 
     return evaluate
 
@@ -104,7 +91,7 @@ def preflight(c: dict) -> None:
         raise ConfigError(f"data.dir: {cfg.data.dir!r} has no train/{cfg.data.solver}.jsonl; accepted: a "
                           f"directory written by `python -m apr.cli.data data.out_dir={cfg.data.dir}`")
     if cfg.eval.num_problems > 0:
-        val_problems_path(cfg)
+        val_problems(cfg, 1)
     load_tokenizer(cfg.data.dir)
     if cfg.resume:
         recipe = run_recipe(cfg, cfg.train.max_steps or 0)

@@ -18,6 +18,11 @@ from apr.config import ConfigError
 
 # Hydra overrides of the `engine` group (conf/solve.yaml), e.g. engine=sglang engine.urls=[...]
 _ENGINE_OVERRIDE = re.compile(r"^[+~]{0,2}engine([.=@]|$)")
+# apr.runtime.RuntimeConfig fields taken as flags (--max-thread-tokens ...): (type, help); defaults are its own
+RUNTIME_FLAGS = {"max_thread_tokens": (int, "context window of one thread"),
+                 "max_total_tokens": (int, "token budget over all threads"),
+                 "max_children": (int, None), "max_depth": (int, None),
+                 "temperature": (float, "0 = greedy"), "seed": (int, None)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,17 +34,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--numbers", type=int, nargs="+", required=True, help="the input numbers")
     ap.add_argument("--target", type=int, required=True)
     ap.add_argument("--condition", default=None, help="first prompt line for conditioned models, e.g. 'threads 6'")
-    ap.add_argument("--max-thread-tokens", type=int, default=1024, help="context window of one thread")
-    ap.add_argument("--max-total-tokens", type=int, default=None, help="token budget over all threads")
-    ap.add_argument("--max-children", type=int, default=16)
-    ap.add_argument("--max-depth", type=int, default=1)
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--seed", type=int, default=0)
+    _add_runtime_flags(ap)
     ap.add_argument("--device", default=None, help="the local engine's torch device (engine.device): cpu, cuda, cuda:1")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the tree")
     args = ap.parse_args([a for a in argv if not _ENGINE_OVERRIDE.match(a)])
     args.engine_overrides = [a for a in argv if _ENGINE_OVERRIDE.match(a)]
     return args
+
+
+def _add_runtime_flags(ap: argparse.ArgumentParser) -> None:
+    """--max-thread-tokens, ...: the `RUNTIME_FLAGS` fields of RuntimeConfig, with its defaults."""
+    from apr.runtime.config import RuntimeConfig
+
+    for name, (kind, text) in RUNTIME_FLAGS.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(RuntimeConfig, name), help=text)
 
 
 def engine_from_args(args: argparse.Namespace):
@@ -60,6 +68,7 @@ def engine_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> dict:
     from apr.api import Reasoner
+    from apr.config import from_dict
     from apr.engine.config import engine_name, engine_options
     from apr.engine.local import check_device_available
     from apr.runtime import RuntimeConfig
@@ -67,9 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.device is not None:
         check_device_available(args.device, "--device")
     engine = engine_from_args(args)
-    limits = RuntimeConfig(max_children=args.max_children, max_depth=args.max_depth,
-                           max_thread_tokens=args.max_thread_tokens, max_total_tokens=args.max_total_tokens,
-                           temperature=args.temperature, seed=args.seed)
+    limits = from_dict(RuntimeConfig, {name: getattr(args, name) for name in RUNTIME_FLAGS}, "runtime")
     reasoner = Reasoner.from_pretrained(args.model, engine=engine_name(engine), runtime=limits,
                                         **engine_options(engine))
     result = reasoner.solve(args.numbers, args.target, condition=args.condition)

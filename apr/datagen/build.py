@@ -17,7 +17,7 @@ from apr.config import check
 from apr.protocol import render_tree
 from apr.search import SearchConfig, SearchResult, solve, with_prompt_prefix
 from apr.search import format as fmt
-from apr.task import CountdownConfig, Problem, make_splits
+from apr.task import CountdownConfig, Problem, make_splits, problems_path
 from apr.task.splits import DEFAULT_FRACTIONS
 from apr.tokenizer import TokenizerConfig, build_tokenizer
 
@@ -152,7 +152,7 @@ def generate_dataset(task: CountdownConfig, searches: dict[str, SearchConfig], d
     for split in SPLITS:
         problems = splits[split]
         (out / split).mkdir(exist_ok=True)
-        _write_lines(out / split / "problems.jsonl", (json.dumps(p.to_dict()) for p in problems))
+        _write_lines(problems_path(out, split), (json.dumps(p.to_dict()) for p in problems))
         per_solver: dict[str, list[TraceRecord]] = {name: [] for name in searches}
         bar = tqdm(total=len(problems), desc=f"traces {split}", disable=not data.progress, unit="problem")
         for recs in iter_traces(problems, searches, tok_cfg, data.seed, data.budget_bins, data.num_workers):

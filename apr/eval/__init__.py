@@ -1,7 +1,8 @@
 """Evaluation: accuracy against context window, total tokens, sequential tokens and latency.
 
-metrics  per-sample records and the paper's measures (accuracy vs window, pass@n, cons@n)
-run      one model in one setting (temperature, condition line, samples) -> records, resumably
+metrics  the paper's measures over per-sample records (accuracy vs window, pass@n, cons@n)
+run      one model in one setting (temperature, condition line, samples) -> records, resumably, through
+         `apr.scoring.solve_and_score` (the records and standard metrics SFT and RL use too)
 suite    which settings each model runs; running them all; summaries
 report   metrics.json and results.md;  plots: the PNG figures (matplotlib, lazily)
 """

@@ -1,4 +1,4 @@
-"""Per-problem evaluation records and the paper's aggregate measures (pure functions).
+"""The paper's aggregate measures over per-sample records (`apr.scoring.EvalRecord`), pure functions.
 
     >>> recs = [EvalRecord(0, 0, "1+2", True, 3, 3, 100, 120, 2, 0.5),
     ...         EvalRecord(1, 0, None, False, 0, 9, 900, 900, 0, 1.0)]
@@ -12,27 +12,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
+from apr.scoring import EvalRecord, score
 
-@dataclass
-class EvalRecord:
-    """One sample of one problem."""
-
-    problem_index: int
-    sample_index: int
-    answer: str | None
-    correct: bool
-    generated_tokens: int
-    sequential_tokens: int
-    longest_thread_tokens: int
-    total_tokens: int
-    num_child_threads: int
-    latency_s: float
-    root_finish: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["EvalRecord", "accuracy_vs_window", "cons_at_n", "pass_at_n", "sample_curve", "summarize_records"]
 
 
 def accuracy_vs_window(records: Sequence[EvalRecord], windows: Sequence[int]) -> dict[str, float]:
@@ -48,18 +31,14 @@ def _mean(values) -> float:
 
 
 def summarize_records(records: Sequence[EvalRecord], windows: Sequence[int]) -> dict:
-    """Accuracy and mean costs per sample (with several samples per problem: averaged over all of them)."""
+    """The standard metrics (`apr.scoring.METRICS`) with accuracy per window, counts and how roots ended."""
+    metrics = score(records)
     return {
         "num_problems": len({r.problem_index for r in records}),
         "num_records": len(records),
-        "accuracy": _mean(r.correct for r in records),
+        "accuracy": metrics.pop("accuracy"),
         "accuracy_vs_window": accuracy_vs_window(records, windows),
-        "mean_generated_tokens": _mean(r.generated_tokens for r in records),
-        "mean_total_tokens": _mean(r.total_tokens for r in records),
-        "mean_sequential_tokens": _mean(r.sequential_tokens for r in records),
-        "mean_longest_thread_tokens": _mean(r.longest_thread_tokens for r in records),
-        "mean_child_threads": _mean(r.num_child_threads for r in records),
-        "mean_latency_s": _mean(r.latency_s for r in records),
+        **metrics,
         "root_finish": dict(Counter(r.root_finish for r in records)),
     }
 

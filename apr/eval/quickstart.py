@@ -26,7 +26,7 @@ def _rows(path: Path) -> list[dict]:
 
 def _sft_section(sft: Path) -> list[str]:
     rows = _rows(sft / "metrics.jsonl")
-    evals = [r for r in rows if "eval/solve_rate" in r]
+    evals = [r for r in rows if "eval/accuracy" in r]
     train = [r for r in rows if "train/loss" in r]
     out = ["## 1. Supervised training (APR traces)", ""]
     if not rows:
@@ -38,8 +38,8 @@ def _sft_section(sft: Path) -> list[str]:
                + (f", {params:,} non-embedding parameters" if params else "")
                + (f", ~{seconds / 60:.0f} min of training" if seconds else "") + ".")
     if evals:
-        out += ["", "| step | validation loss | greedy solve rate (validation) |", "|---|---|---|"]
-        out += [f"| {r['step']} | {r.get('val/loss', float('nan')):.3f} | {r['eval/solve_rate']:.1%} |" for r in evals]
+        out += ["", "| step | validation loss | greedy accuracy (validation) |", "|---|---|---|"]
+        out += [f"| {r['step']} | {r.get('val/loss', float('nan')):.3f} | {r['eval/accuracy']:.1%} |" for r in evals]
     return out + [""]
 
 
@@ -51,9 +51,9 @@ def _rl_section(rl: Path) -> list[str]:
     out += ["| step | reward | child threads | total tokens | sequential tokens | KL | rollout tokens/s | step s |",
             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['step']} | {r['rollout/reward']:.3f} | {r['rollout/child_threads']:.1f} | "
-                   f"{r['rollout/total_tokens']:.0f} | {r['rollout/sequential_tokens']:.0f} | {r['rl/kl']:.4f} | "
-                   f"{r['rollout/tokens_per_s']:.0f} | {r['time/step_s']:.1f} |")
+        out.append(f"| {r['step']} | {r['rollout/reward']:.3f} | {r['rollout/mean_child_threads']:.1f} | "
+                   f"{r['rollout/mean_total_tokens']:.0f} | {r['rollout/mean_sequential_tokens']:.0f} | "
+                   f"{r['rl/kl']:.4f} | {r['rollout/tokens_per_s']:.0f} | {r['time/step_s']:.1f} |")
     phases = [k for k in rows[-1] if k.startswith("time/") and k.endswith("_s") and k != "time/step_s"]
     total = {k: sum(r.get(k, 0.0) for r in rows) for k in phases}
     whole = sum(r["time/step_s"] for r in rows)
@@ -61,14 +61,14 @@ def _rl_section(rl: Path) -> list[str]:
     return out + ["", f"Step time by phase: {split}.", ""]
 
 
-def _tree_section(model: Path, problems_file: Path, max_tries: int = 50) -> list[str]:
+def _tree_section(model: Path, data_dir: Path, max_tries: int = 50) -> list[str]:
     from apr.api import Reasoner
-    from apr.task import Problem
+    from apr.task import load_problems, problems_path
 
     out = ["## 4. One solved problem, as the runtime ran it", ""]
-    if not (model / "config.json").is_file() or not problems_file.is_file():
+    if not (model / "config.json").is_file() or not problems_path(data_dir, "test").is_file():
         return out + ["(model or problems missing)", ""]
-    problems = [Problem.from_dict(json.loads(x)) for x in problems_file.read_text().splitlines()[:max_tries] if x]
+    problems = load_problems(data_dir, "test", max_tries)
     reasoner = Reasoner.from_pretrained(model, max_seq_len=1024)
     results = reasoner.solve_batch(problems, max_thread_tokens=512)
     solved = [r for r in results if r.correct]
@@ -101,7 +101,7 @@ def write_quickstart_report(root: str | Path, model: str | Path | None = None) -
         lines += [f"![{p.stem}](eval/{p.name})" for p in sorted(eval_dir.glob("*.png"))] + [""]
     else:
         lines += ["(no evaluation found)", ""]
-    lines += _tree_section(model, root / "data" / "test" / "problems.jsonl")
+    lines += _tree_section(model, root / "data")
     lines += ["## What toy scale can and cannot show", "", LIMITS, ""]
     path = root / "REPORT.md"
     tmp = path.with_suffix(".md.tmp")

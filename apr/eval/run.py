@@ -14,18 +14,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from apr.config import check
-from apr.eval.metrics import EvalRecord
+from apr.config import check, from_dict
+from apr.runtime.config import RuntimeConfig
+from apr.scoring import EvalRecord, solve_and_score
+
+# the runtime limits an evaluation sets (`eval.<name>`); their defaults, meaning and checks are RuntimeConfig's
+LIMITS = ("max_thread_tokens", "max_total_tokens", "max_children")
 
 
 @dataclass
 class EvalConfig:
     """What an evaluation run measures; `conf/eval.yaml`'s `eval:` section."""
 
-    max_thread_tokens: int = 1024  # the largest per-thread window evaluated (threads are cut there)
+    max_thread_tokens: int = RuntimeConfig.max_thread_tokens  # the largest per-thread window evaluated
     windows: tuple[int, ...] = (256, 512, 768, 1024)  # cumulative accuracy at these windows
-    max_total_tokens: int | None = None
-    max_children: int = 16
+    max_total_tokens: int | None = RuntimeConfig.max_total_tokens
+    max_children: int = RuntimeConfig.max_children
     temperatures: tuple[float, ...] = (0.0, 0.5, 1.0)  # one single-sample setting each, unconditioned
     # condition lines per model name (`<name>_rl` falls back to `<name>`'s), each run greedily
     conditions: dict[str, list[str]] = field(default_factory=dict)
@@ -50,12 +54,12 @@ class EvalConfig:
             check(isinstance(lines, (list, tuple)) and all(isinstance(c, str) and c.strip() for c in lines),
                   f"eval.conditions.{name}", lines, 'a list of condition lines, e.g. ["threads 2", "threads 4"]')
         check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "a positive integer")
+        from_dict(RuntimeConfig, self.limits, "eval")  # RuntimeConfig's checks, naming eval.<field>
 
     @property
     def limits(self) -> dict:
-        """Runtime limits shared by every setting."""
-        return dict(max_thread_tokens=self.max_thread_tokens, max_total_tokens=self.max_total_tokens,
-                    max_children=self.max_children)
+        """Runtime limits shared by every setting (`LIMITS`)."""
+        return {name: getattr(self, name) for name in LIMITS}
 
 
 @dataclass(frozen=True)
@@ -124,16 +128,11 @@ def evaluate(reasoner, problems: Sequence, cfg: EvalConfig, records_path: str | 
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start:start + cfg.batch_size]
             # the runtime seeds by position in the batch: offset by the first problem so batches differ
-            results = reasoner.solve_batch([problems[i] for i in batch], num_samples=n, condition=setting.condition,
-                                           temperature=setting.temperature, seed=cfg.seed + batch[0], **cfg.limits)
-            for k, res in enumerate(results):
-                m = res.metrics
-                rec = EvalRecord(batch[k // n], k % n, res.answer, res.correct,
-                                 m["generated_tokens"], m["sequential_tokens"], m["longest_thread_tokens"],
-                                 m["total_tokens"], m["num_child_threads"], m["latency_s"],
-                                 res.tree.tree.root.finish_reason or "")
-                done.append(rec)
-                f.write(json.dumps(rec.to_dict()) + "\n")
+            limits = {**cfg.limits, "temperature": setting.temperature, "seed": cfg.seed + batch[0]}
+            records, _ = solve_and_score(reasoner, [problems[i] for i in batch], limits, num_samples=n,
+                                         condition=setting.condition, indices=batch)
+            done += records
+            f.write("".join(json.dumps(r.to_dict()) + "\n" for r in records))
             f.flush()
             bar.update(len(batch))
             bar.set_postfix(acc=f"{sum(r.correct for r in done) / max(1, len(done)):.1%}")

@@ -11,11 +11,9 @@ log-probs per thread), the reward and the policy version the engine held.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 from apr.config import from_dict, to_dict
 from apr.engine.config import engine_config, engine_name, engine_options, with_window
@@ -76,18 +74,6 @@ class Rollout:
     @property
     def metrics(self) -> dict:
         return self.tree.metrics()
-
-
-def load_problems(data_dir: str | Path, split: str, max_problems: int | None = None) -> list[Problem]:
-    from apr.config import ConfigError
-
-    path = Path(data_dir) / split / "problems.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"data.dir: {str(data_dir)!r} has no {split}/problems.jsonl; accepted: a directory "
-                          f"written by `python -m apr.cli.data data.out_dir=...`")
-    with open(path) as f:
-        problems = [Problem.from_dict(json.loads(line)) for line in f if line.strip()]
-    return problems[:max_problems] if max_problems else problems
 
 
 class ProblemStream:

@@ -27,11 +27,12 @@ from apr.rl.rollout import (
     ProblemStream,
     Rollout,
     RolloutWorker,
-    load_problems,
     rollout_seed,
     worker_engine_config,
 )
 from apr.rl.sequences import advantage_params, sequences_from_trees
+from apr.scoring import EvalRecord, score
+from apr.task import load_problems, problems_path
 from apr.train import checkpoint as ckpt
 from apr.train.budget import TimeBudget
 from apr.train.metrics import MetricsLog, is_due, progress_bar, say, timer
@@ -145,7 +146,7 @@ class RLTrainer:
                 if self.step % cfg.log_every_steps == 0 or self.is_done():
                     self.log.log(row, self.step)
                 bar.set_postfix(reward=f"{row['rollout/reward']:.3f}", acc=f"{row['rollout/accuracy']:.3f}",
-                                children=f"{row['rollout/child_threads']:.1f}", refresh=False)
+                                children=f"{row['rollout/mean_child_threads']:.1f}", refresh=False)
                 bar.update(1)
             self.phase = "final"
             if self.eval_problems:
@@ -190,7 +191,7 @@ class RLTrainer:
             version = self.cluster.sync_weights()
         step_s = time.perf_counter() - t0
         row.update(rollout_metrics(rollouts, "rollout"))
-        gen = row["rollout/generated_tokens"] * len(rollouts)
+        gen = row["rollout/mean_generated_tokens"] * len(rollouts)
         row.update({"rollout/tokens_per_s": gen / max(row["time/rollout_s"], 1e-9),
                     "rl/train_tokens_per_s": row["rl/train_tokens"] / max(row["time/update_s"], 1e-9),
                     "rl/policy_version": version,
@@ -272,7 +273,7 @@ def check_inputs(cfg: RLConfig) -> None:
 
 def run_recipe(cfg: RLConfig) -> dict:
     """What defines a run: `resume=true` with any of it changed is refused unless `resume_changed=true`."""
-    return {"data.dir contents": files_fingerprint([Path(cfg.data.dir) / cfg.data.split / "problems.jsonl"]),
+    return {"data.dir contents": files_fingerprint([problems_path(cfg.data.dir, cfg.data.split)]),
             "data.split": cfg.data.split, "data.max_problems": cfg.data.max_problems,
             "init weights": weights_hash(cfg.init), "optim.lr": cfg.optim.lr, "optim.critic_lr": cfg.optim.critic_lr,
             "optim.warmup_steps": cfg.optim.warmup_steps, "train.steps": cfg.train.steps,
@@ -282,21 +283,14 @@ def run_recipe(cfg: RLConfig) -> dict:
 
 
 def rollout_metrics(rollouts: list[Rollout], prefix: str) -> dict:
-    """Means over the rollouts: reward, accuracy, thread counts, token costs, thread lengths."""
+    """`<prefix>/<name>`: the standard metrics (`apr.scoring.METRICS`), the mean reward, thread lengths."""
     n = max(len(rollouts), 1)
-    ms = [r.metrics for r in rollouts]
+    records = [EvalRecord.from_tree(r.problem_index, r.sample_index, r.answer, r.correct, r.tree) for r in rollouts]
     lengths = [t.num_tokens for r in rollouts for t in r.tree.threads()]
-    mean = lambda k: sum(m[k] for m in ms) / n  # noqa: E731
     return {f"{prefix}/reward": sum(r.reward for r in rollouts) / n,
-            f"{prefix}/accuracy": sum(r.correct for r in rollouts) / n,
-            f"{prefix}/child_threads": mean("num_child_threads"),
-            f"{prefix}/total_tokens": mean("total_tokens"),
-            f"{prefix}/generated_tokens": mean("generated_tokens"),
-            f"{prefix}/sequential_tokens": mean("sequential_tokens"),
-            f"{prefix}/longest_thread": mean("longest_thread_tokens"),
+            **{f"{prefix}/{k}": v for k, v in score(records).items()},
             f"{prefix}/thread_len_mean": sum(lengths) / max(len(lengths), 1),
-            f"{prefix}/thread_len_max": max(lengths, default=0),
-            f"{prefix}/latency_s": mean("latency_s")}
+            f"{prefix}/thread_len_max": max(lengths, default=0)}
 
 
 def _say(msg: str) -> None:

@@ -35,7 +35,7 @@ from apr.train.optim import build_optimizer, build_scheduler
 from apr.train.strategy import STRATEGIES, launch_rank
 
 EvalHook = Callable[[object, object, int], dict]
-SHOWN = ("val/loss", "eval/solve_rate", "time/eval_hook_s")  # printed; everything goes to metrics.jsonl
+SHOWN = ("val/loss", "eval/accuracy", "time/eval_hook_s")  # printed; everything goes to metrics.jsonl
 
 
 @dataclass

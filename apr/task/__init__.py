@@ -19,7 +19,7 @@ from apr.task.countdown import (
 from apr.task.generate import CountdownConfig, draw_problem, generate_problems, iter_problems
 from apr.task.reward import reward
 from apr.task.solver import is_solvable, solve_exhaustive
-from apr.task.splits import make_splits, split_of
+from apr.task.splits import load_problems, make_splits, problems_path, split_of
 from apr.task.verify import verify, verify_with_reason, well_formed
 
 __all__ = [
@@ -35,8 +35,10 @@ __all__ = [
     "generate_problems",
     "is_solvable",
     "iter_problems",
+    "load_problems",
     "make_splits",
     "ops_to_expression",
+    "problems_path",
     "reward",
     "solve_exhaustive",
     "split_of",

@@ -1,4 +1,4 @@
-"""Train/val/test splits that depend on a problem's key only, never on a seed or run.
+"""Train/val/test splits that depend on a problem's key only, never on a seed or run; reading a split back.
 
 `split_of` hashes the canonical key with sha256 (stable across processes, unlike `hash`),
 so a problem that lands in test in one run can never land in train in another.
@@ -11,14 +11,19 @@ so a problem that lands in test in one run can never land in train in another.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
-from apr.config import check, fail
+from apr.config import ConfigError, check, fail
 from apr.task.countdown import Problem
 from apr.task.generate import MAX_DRAWS_WITHOUT_PROGRESS, CountdownConfig, iter_problems
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS: dict[str, float] = {"val": 0.05, "test": 0.05}
+# <data dir>/<split>/problems.jsonl, one problem per line as JSON (`Problem.to_dict`), written by apr.cli.data
+PROBLEMS_FILE = "problems.jsonl"
+WRITTEN_BY_DATA_CLI = "a directory written by `python -m apr.cli.data data.out_dir=...`"
 
 
 def _fractions(fractions: Mapping[str, float] | None) -> dict[str, float]:
@@ -104,3 +109,23 @@ def make_splits(cfg: CountdownConfig, sizes: Mapping[str, int], seed: int,
                  f"at most the number of distinct {short} problems; the problem space is too small "
                  f"(found {len(out[short])}, then {stale} draws in a row brought nothing new)")
     return out
+
+
+def problems_path(data_dir: str | Path, split: str) -> Path:
+    """Where a data directory keeps a split's problems: `<data_dir>/<split>/problems.jsonl`."""
+    return Path(data_dir) / split / PROBLEMS_FILE
+
+
+def load_problems(data_dir: str | Path, split: str, max_problems: int | None = None, field: str = "data.dir",
+                  purpose: str = "", accepted: str = WRITTEN_BY_DATA_CLI) -> list[Problem]:
+    """The first `max_problems` problems (None or 0: all) of a split of a data directory.
+
+    A missing file raises `ConfigError` naming `field` (the config field that holds `data_dir`), e.g.
+    "data.dir: 'data/n3' has no val/problems.jsonl<purpose>; accepted: <accepted>".
+    """
+    path = problems_path(data_dir, split)
+    if not path.is_file():
+        raise ConfigError(f"{field}: {str(data_dir)!r} has no {split}/{PROBLEMS_FILE}{purpose}; accepted: {accepted}")
+    with open(path) as f:
+        problems = [Problem.from_dict(json.loads(line)) for line in f if line.strip()]
+    return problems[:max_problems] if max_problems else problems

@@ -97,7 +97,7 @@ def test_deepspeed_learners_with_uneven_micro_batches_equal_one(ray_cluster, ass
     from apr.rl.algos import aggregation_denominator
     from apr.rl.sequences import sequences_from_trees
     from apr.rl.learner import Learner
-    from apr.rl.rollout import load_problems
+    from apr.task import load_problems
 
     init, data = assets
     common = {"train.micro_batch_tokens": 16, "loss.kl_coef": 0.0, "rollout.eval_problems": 0}

@@ -14,7 +14,7 @@ from tests.rl._setup import make_assets, rl_config
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
-KEYS = ("rl/loss", "rl/kl", "rollout/reward", "rl/train_tokens", "rollout/sequential_tokens")
+KEYS = ("rl/loss", "rl/kl", "rollout/reward", "rl/train_tokens", "rollout/mean_sequential_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_placement_group_reserves_a_bundle_per_actor(ray_cluster, assets, tmp_pa
     from ray.util import placement_group_table
 
     from apr.dist.ray_cluster import RayCluster
-    from apr.rl.rollout import load_problems
+    from apr.task import load_problems
 
     init, data = assets
     cfg = rl_config(tmp_path, init, data, **{"dist.mode": "ray_local", "dist.num_rollout_workers": 1,

@@ -15,7 +15,7 @@ from apr.train.metrics import read_metrics
 from tests.engine.sglang_standin import Standin
 from tests.rl._setup import make_assets, rl_config
 
-KEYS = ("rl/loss", "rollout/reward", "rl/train_tokens", "rollout/generated_tokens")
+KEYS = ("rl/loss", "rollout/reward", "rl/train_tokens", "rollout/mean_generated_tokens")
 
 
 @pytest.fixture(scope="module")

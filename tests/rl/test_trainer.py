@@ -42,7 +42,7 @@ def test_grpo_run_updates_logs_and_checkpoints(tmp_path, assets):
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         for k in ("rl/loss", "rl/kl", "rl/clip_frac", "rl/entropy", "rl/grad_norm", "rollout/reward",
-                  "rollout/total_tokens", "rollout/sequential_tokens", "time/rollout_s", "time/update_s",
+                  "rollout/mean_total_tokens", "rollout/mean_sequential_tokens", "time/rollout_s", "time/update_s",
                   "rollout/tokens_per_s"):
             assert math.isfinite(r[k]), k
         assert r["rl/policy_version"] == r["step"] and r["rl/policy_lag"] == 0
