@@ -44,37 +44,42 @@ ENGINES = tuple(_ENGINE_LOADERS)
 class ReasoningTree:
     """A finished thread tree with a tokenizer to read it."""
 
-    tree: ThreadTree
+    thread_tree: ThreadTree
     tokenizer: Any
-    pid: ProtocolIds | None = None  # the tokenizer's protocol ids (the Reasoner's; derived when not given)
+    ids: ProtocolIds | None = None  # the tokenizer's protocol ids (the Reasoner's; derived when not given)
 
     @property
     def threads(self):
-        return self.tree.threads()
+        return self.thread_tree.threads()
+
+    @property
+    def root(self):
+        """The root thread (`apr.runtime.Thread`)."""
+        return self.thread_tree.root
 
     def text(self, thread=None) -> str:
         """A thread's whole text (prompt, generated, runtime-written), the root by default."""
-        t = thread or self.tree.root
+        t = thread or self.root
         return self.tokenizer.decode(t.all_ids, skip_special_tokens=False)
 
     def own_text(self, thread=None) -> str:
         """What a thread (the root by default) wrote in its own voice: its generated spans, without the
         messages it addressed to children and without what the runtime wrote in (joined results), one
         span per line. Answers and rewards are read from this, never from `text()`."""
-        t = thread or self.tree.root
+        t = thread or self.root
         spans = self.protocol.own_spans(t.ids, t.mask)
         return "\n".join(self.tokenizer.decode(s, skip_special_tokens=False) for s in spans)
 
     @property
     def protocol(self) -> ProtocolIds:
-        if self.pid is None:
-            self.pid = ProtocolIds.from_tokenizer(self.tokenizer)
-        return self.pid
+        if self.ids is None:
+            self.ids = ProtocolIds.from_tokenizer(self.tokenizer)
+        return self.ids
 
     @property
     def ended_cleanly(self) -> bool:
         """The root ended with <eos> (not cut by the window, the budget, a timeout, or malformed)."""
-        return self.tree.root.finish_reason == Finish.EOS
+        return self.root.finish_reason == Finish.EOS
 
     def render(self) -> str:
         """Every thread, depth first, indented by depth, with how it ended and its size."""
@@ -192,8 +197,8 @@ class Reasoner:
             answer = extract_answer(tree.own_text())
             ok, reason = verify_with_reason(problem, answer) if answer is not None else (False, "no answer line")
             if ok and require_eos and not tree.ended_cleanly:
-                ok, reason = False, f"the root ended by {tree.tree.root.finish_reason}, not eos"
-            results.append(SolveResult(problem, answer, ok, reason, tree, tree.tree.metrics()))
+                ok, reason = False, f"the root ended by {tree.root.finish_reason}, not eos"
+            results.append(SolveResult(problem, answer, ok, reason, tree, tree.thread_tree.metrics()))
         return results
 
     # ---- helpers --------------------------------------------------------------------------------------

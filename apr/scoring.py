@@ -99,6 +99,6 @@ def solve_and_score(reasoner: Reasoner, problems: Sequence, limits: Mapping[str,
     """
     indices = range(len(problems)) if indices is None else indices
     results = reasoner.solve_batch(problems, num_samples=num_samples, condition=condition, **(limits or {}))
-    records = [EvalRecord.from_tree(indices[k // num_samples], k % num_samples, r.answer, r.correct, r.tree.tree)
+    records = [EvalRecord.from_tree(indices[k // num_samples], k % num_samples, r.answer, r.correct, r.tree.thread_tree)
                for k, r in enumerate(results)]
     return Scored(records, score(records))

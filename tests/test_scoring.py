@@ -49,9 +49,9 @@ def test_the_same_names_in_sft_rl_and_eval(replayed, tmp_path):
 
     problems, _, reasoner = replayed
     results = reasoner.solve_batch(problems, max_thread_tokens=100_000)
-    rollouts = [Rollout(i, 0, r.tree.tree, float(r.correct), r.correct, r.answer, 0) for i, r in enumerate(results)]
+    rollouts = [Rollout(i, 0, r.tree.thread_tree, float(r.correct), r.correct, r.answer, 0) for i, r in enumerate(results)]
     rl = rollout_metrics(rollouts, "eval")
-    records = [EvalRecord.from_tree(i, 0, r.answer, r.correct, r.tree.tree) for i, r in enumerate(results)]
+    records = [EvalRecord.from_tree(i, 0, r.answer, r.correct, r.tree.thread_tree) for i, r in enumerate(results)]
     assert {k: rl[f"eval/{k}"] for k in METRICS} == score(records)  # RL: eval/<name> (and rollout/<name>)
     assert set(METRICS) <= set(summarize_records(records, [1024]))  # the eval suite: <name> per setting
 

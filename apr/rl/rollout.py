@@ -187,7 +187,7 @@ class RolloutWorker:
             counts = r.tree.ended_cleanly or not self.algo.require_eos
             score = self.reward_fn(problems[i], r.tree.own_text(), self.algo) if counts else 0.0
             outcomes = self._thread_outcomes(problems[i], r) if CREDIT[self.algo.credit].needs_outcomes else None
-            out.append(Rollout(first_index + i, s, r.tree.tree, score, r.correct, r.answer, self.policy_version,
+            out.append(Rollout(first_index + i, s, r.tree.thread_tree, score, r.correct, r.answer, self.policy_version,
                                outcomes))
         return out
 

@@ -1,7 +1,7 @@
 """The APR decoding runtime: thread trees over an engine, spawn/join, limits, metrics."""
 
 from apr.runtime.config import RuntimeConfig
-from apr.runtime.scheduler import Runtime
+from apr.runtime.runtime import Runtime
 from apr.runtime.thread import Finish, Status, Thread, ThreadTree
 
 __all__ = ["Finish", "Runtime", "RuntimeConfig", "Status", "Thread", "ThreadTree"]

@@ -92,6 +92,10 @@ class ThreadTree:
     started_s: float = field(default_factory=time.perf_counter)
     finished_s: float | None = None
     num_threads: int = 1  # threads created so far (next thread index)
+    # the runtime's bookkeeping of this tree: generated tokens reserved by in-flight requests (counted
+    # against `max_total_tokens`), and whether it ran past `timeout_s` (its requests are being aborted)
+    num_reserved_tokens: int = 0
+    is_timed_out: bool = False
 
     def threads(self) -> list[Thread]:
         return list(self.root.descendants())

@@ -8,9 +8,9 @@ ZeRO strategies; atomic HF-format checkpoints with exact resume. Entry point: `p
     >>> # summary = Trainer(cfg, tokenizer, evaluate=None).fit()
 """
 
-from apr.sft.config import EvalConfig, LogConfig, OptimConfig, SFTConfig, SFTDataConfig, TrainConfig
+from apr.sft.config import LogConfig, OptimConfig, SFTConfig, SFTDataConfig, TrainConfig, ValidationConfig
 from apr.sft.trainer import EvalHook, TrainData, Trainer, prepare_data
 from apr.train.config import CheckpointConfig, WandbConfig
 
-__all__ = ["CheckpointConfig", "EvalConfig", "EvalHook", "LogConfig", "OptimConfig", "SFTConfig", "SFTDataConfig",
+__all__ = ["CheckpointConfig", "ValidationConfig", "EvalHook", "LogConfig", "OptimConfig", "SFTConfig", "SFTDataConfig",
            "TrainConfig", "TrainData", "Trainer", "WandbConfig", "prepare_data"]

@@ -100,7 +100,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class ValidationConfig:
     """Validation loss every `every_steps`; the CLI's solve-rate hook reads the rest (and its engine, the
     `engine` group, which the CLI parses: this layer sits above the engines)."""
 
@@ -131,7 +131,7 @@ class SFTConfig:
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -29,7 +29,7 @@ from apr.sft.config import SFTDataConfig
 
 
 @dataclass
-class Sequence:
+class TrainSequence:
     """One thread as a training sequence."""
 
     ids: np.ndarray  # (T,) int32 token ids, starting with <bos> (int32: half the memory of int64)
@@ -59,16 +59,16 @@ class FitReport:
         return dict(self.__dict__)
 
 
-def thread_sequence(ids: list[int], mask: list[int]) -> Sequence:
-    return Sequence(*thread_arrays(ids, mask))
+def thread_sequence(ids: list[int], mask: list[int]) -> TrainSequence:
+    return TrainSequence(*thread_arrays(ids, mask))
 
 
-def trace_sequences(trace: ThreadTrace, tokenizer) -> list[Sequence]:
-    """Every thread of `trace`, depth first, as a `Sequence`."""
+def trace_sequences(trace: ThreadTrace, tokenizer) -> list[TrainSequence]:
+    """Every thread of `trace`, depth first, as a `TrainSequence`."""
     return [thread_sequence(t.ids, t.mask) for t in render_tree(trace, tokenizer)]
 
 
-def load_split(cfg: SFTDataConfig, split: str, tokenizer, max_records: int | None) -> list[Sequence]:
+def load_split(cfg: SFTDataConfig, split: str, tokenizer, max_records: int | None) -> list[TrainSequence]:
     """The sequences of `<dir>/<split>/<solver>.jsonl` (first `max_records` traces), read from the
     token cache beside the file (`apr.datagen.token_cache`, built on first use), or rendered here
     when `data.token_cache=false`. Their arrays are views of the cache's memory maps."""
@@ -88,10 +88,10 @@ def load_split(cfg: SFTDataConfig, split: str, tokenizer, max_records: int | Non
         kept &= np.cumsum(kept) <= max_records  # the first max_records of the kept records
     threads = np.flatnonzero(kept[arrays.thread_record]).tolist()
     offsets, num_prompt, ids, labels = arrays.offsets.tolist(), arrays.num_prompt.tolist(), arrays.ids, arrays.labels
-    return [Sequence(ids[offsets[i]:offsets[i + 1]], labels[offsets[i]:offsets[i + 1]], num_prompt[i]) for i in threads]
+    return [TrainSequence(ids[offsets[i]:offsets[i + 1]], labels[offsets[i]:offsets[i + 1]], num_prompt[i]) for i in threads]
 
 
-def fit_to_window(seqs: list[Sequence], cfg: SFTDataConfig, split: str) -> tuple[list[Sequence], FitReport]:
+def fit_to_window(seqs: list[TrainSequence], cfg: SFTDataConfig, split: str) -> tuple[list[TrainSequence], FitReport]:
     """Apply `data.overlong` to sequences longer than `data.max_seq_len`; fail if the window is too short."""
     window = cfg.max_seq_len
     check(bool(seqs), "data.dir", cfg.dir, f"a data set with {split} traces for solver {cfg.solver!r}")
@@ -111,7 +111,7 @@ def fit_to_window(seqs: list[Sequence], cfg: SFTDataConfig, split: str) -> tuple
           f"({frac:.0%}) are longer (p50 {p50}, p90 {p90}, max {lengths[-1]} tokens; "
           f"data.max_dropped_frac={cfg.max_dropped_frac})")
     if cfg.overlong == "truncate":
-        kept = [s if len(s) <= window else Sequence(s.ids[:window], s.labels[:window], s.num_prompt)
+        kept = [s if len(s) <= window else TrainSequence(s.ids[:window], s.labels[:window], s.num_prompt)
                 for s in seqs]
     else:
         kept = [s for s in seqs if len(s) <= window]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apr.config import check
-from apr.sft.data import IGNORE, Sequence
+from apr.sft.data import IGNORE, TrainSequence
 
 
 def pack_rows(lengths: list[int], row_len: int) -> list[list[int]]:
@@ -45,7 +45,7 @@ def pack_rows(lengths: list[int], row_len: int) -> list[list[int]]:
     return rows
 
 
-def pack_decreasing(seqs: list[Sequence], order: list[int], row_len: int) -> list[list[int]]:
+def pack_decreasing(seqs: list[TrainSequence], order: list[int], row_len: int) -> list[list[int]]:
     """Best fit decreasing (longest first, ties in `order`): ~2-3 points denser than best fit in
     random order. Which sequences share a row does not change the loss (attention stays within
     each sequence); the caller shuffles the rows."""
@@ -72,7 +72,7 @@ class PackedBatch:
                 "use_cache": False}
 
 
-def collate(seqs: list[Sequence], rows: list[list[int]], row_len: int, pad_id: int) -> PackedBatch:
+def collate(seqs: list[TrainSequence], rows: list[list[int]], row_len: int, pad_id: int) -> PackedBatch:
     """Rows of sequence indices -> a `PackedBatch` of shape (len(rows), row_len)."""
     import torch
 
@@ -103,7 +103,7 @@ class PackedLoader:
     process `rank` gets every `world_size`-th micro-batch. Leftover rows of an epoch are skipped.
     """
 
-    def __init__(self, seqs: list[Sequence], row_len: int, pad_id: int, batch_rows: int, grad_accum_steps: int,
+    def __init__(self, seqs: list[TrainSequence], row_len: int, pad_id: int, batch_rows: int, grad_accum_steps: int,
                  seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.seqs, self.row_len, self.pad_id = seqs, row_len, pad_id
         self.batch_rows, self.grad_accum_steps = batch_rows, grad_accum_steps
@@ -150,7 +150,7 @@ class PackedLoader:
             epoch, step = epoch + 1, 0
 
 
-def eval_batches(seqs: list[Sequence], row_len: int, pad_id: int, batch_rows: int, rank: int = 0,
+def eval_batches(seqs: list[TrainSequence], row_len: int, pad_id: int, batch_rows: int, rank: int = 0,
                  world_size: int = 1) -> list[PackedBatch]:
     """Validation micro-batches of this process (fixed order, every row used once across processes).
 

@@ -24,7 +24,7 @@ from apr.config import ConfigError, to_dict
 from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
 from apr.model.integrity import files_fingerprint
 from apr.sft.config import SFTConfig
-from apr.sft.data import FitReport, Sequence, fit_to_window, load_split
+from apr.sft.data import FitReport, TrainSequence, fit_to_window, load_split
 from apr.sft.packing import PackedBatch, PackedLoader, eval_batches
 from apr.sft.validate import loss_sums
 from apr.train import checkpoint as ckpt
@@ -40,8 +40,8 @@ SHOWN = ("val/loss", "eval/accuracy", "time/eval_hook_s")  # printed; everything
 
 @dataclass
 class TrainData:
-    train: list[Sequence]
-    val: list[Sequence]
+    train: list[TrainSequence]
+    val: list[TrainSequence]
     reports: dict[str, FitReport]
 
 

@@ -56,7 +56,7 @@ def rollout_worker(reasoner, **algo) -> RolloutWorker:
 # ---- 1. the answer is the root's own, after a clean end --------------------------------------------
 def test_an_answer_a_child_joined_is_not_the_roots(tokenizer, tmp_path):
     res = child_supplies_answer(tokenizer).solve([1, 2], 3)
-    assert res.tree.tree.root.finish_reason == Finish.EOS  # the root did end cleanly
+    assert res.tree.root.finish_reason == Finish.EOS  # the root did end cleanly
     assert res.answer is None and not res.correct
     [r] = rollout_worker(child_supplies_answer(tokenizer)).rollout([PROBLEM], 1, seed=0)
     assert r.reward == 0.0 and not r.correct
@@ -67,7 +67,7 @@ def test_an_answer_a_child_joined_is_not_the_roots(tokenizer, tmp_path):
 
 def test_a_root_cut_by_the_window_scores_nothing(tokenizer):
     res = cut_by_window(tokenizer).solve([1, 2], 3)
-    assert res.tree.tree.root.finish_reason == Finish.WINDOW
+    assert res.tree.root.finish_reason == Finish.WINDOW
     assert res.answer == "1+2" and not res.correct and "eos" in res.reason
     [r] = rollout_worker(cut_by_window(tokenizer)).rollout([PROBLEM], 1, seed=0)
     assert r.reward == 0.0 and not r.correct
@@ -257,6 +257,6 @@ def test_an_engine_length_end_inside_the_window_is_recorded_as_the_window(tokeni
     init = make_checkpoint(tokenizer, tmp_path / "init")
     reasoner = Reasoner.from_pretrained(init, max_seq_len=64, max_batch_size=4)  # the engine holds 64 positions
     res = reasoner.solve([1, 2], 3, max_thread_tokens=200, temperature=1.0, seed=1)
-    root = res.tree.tree.root
+    root = res.tree.root
     assert root.num_tokens < 200  # the engine, not the runtime's window of 200, stopped it...
     assert root.finish_reason == Finish.WINDOW  # ...and no budget was set: it is recorded as a window

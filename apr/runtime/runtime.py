@@ -15,7 +15,7 @@ import hashlib
 import time
 
 from apr.config import check
-from apr.engine.base import Completion, Request, SamplingParams
+from apr.engine.base import Completion, FinishReason, Request, SamplingParams
 from apr.protocol import ProtocolError, ProtocolIds
 from apr.runtime.config import RuntimeConfig
 from apr.runtime.thread import Finish, Status, Thread, ThreadTree
@@ -27,13 +27,11 @@ class Runtime:
     def __init__(self, engine, protocol: ProtocolIds, cfg: RuntimeConfig | None = None,
                  child_prefix_ids: list[int] | tuple[int, ...] = ()) -> None:
         self.engine = engine
-        self.pid = protocol
+        self.ids = protocol  # the protocol's token ids (spawn / join markers, stop ids)
         self.cfg = cfg or RuntimeConfig()
         self.child_prefix_ids = list(child_prefix_ids)  # e.g. a condition line before every child message
         # request id -> (tree, thread, tokens reserved, whether the budget rather than the window set them)
         self._inflight: dict[str, tuple[ThreadTree, Thread, int, bool]] = {}
-        self._reserved: dict[int, int] = {}  # id(tree) -> generated tokens reserved by in-flight requests
-        self._timed_out: set[int] = set()
 
     # ---- public -------------------------------------------------------------------------------
     def run(self, prompts: list[list[int]], num_samples: int = 1) -> list[ThreadTree]:
@@ -61,12 +59,12 @@ class Runtime:
     def _params(self, tree: ThreadTree, thread: Thread, max_new: int) -> SamplingParams:
         key = f"{self.cfg.seed}|{tree.problem_index}|{tree.sample_index}|{thread.index}|{thread.num_requests}"
         seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") >> 1
-        return SamplingParams(self.cfg.temperature, self.cfg.top_p, self.cfg.top_k, max_new, self.pid.stop_ids, seed)
+        return SamplingParams(self.cfg.temperature, self.cfg.top_p, self.cfg.top_k, max_new, self.ids.stop_ids, seed)
 
     def _budget_left(self, tree: ThreadTree) -> int | None:
         if self.cfg.max_total_tokens is None:
             return None
-        used = sum(t.num_generated for t in tree.threads()) + self._reserved.get(id(tree), 0)
+        used = sum(t.num_generated for t in tree.threads()) + tree.num_reserved_tokens
         return self.cfg.max_total_tokens - used
 
     def _allowance(self, tree: ThreadTree, thread: Thread, share: int = 1) -> tuple[int, bool]:
@@ -90,7 +88,7 @@ class Runtime:
 
     def _reserve(self, tree: ThreadTree, rid: str, thread: Thread, max_new: int, by_budget: bool) -> None:
         self._inflight[rid] = (tree, thread, max_new, by_budget)
-        self._reserved[id(tree)] = self._reserved.get(id(tree), 0) + max_new
+        tree.num_reserved_tokens += max_new
 
     def _submit_roots(self, group: list[ThreadTree], prompt: list[int]) -> None:
         """G samples of one prompt: one engine request with n=G, so the prompt is prefilled once."""
@@ -112,25 +110,25 @@ class Runtime:
     # ---- completions ------------------------------------------------------------------------------
     def _on_completion(self, c: Completion) -> None:
         tree, thread, reserved, by_budget = self._inflight.pop(c.request_id)
-        self._reserved[id(tree)] -= reserved
+        tree.num_reserved_tokens -= reserved
         thread.ids += c.output_ids
         thread.mask += [1] * len(c.output_ids)
         thread.logprobs += list(c.logprobs)
         thread.num_prefill_tokens += c.num_prompt_tokens
         thread.num_cached_tokens += c.num_cached_tokens
-        if c.finish_reason == "abort":
-            reason = Finish.TIMEOUT if id(tree) in self._timed_out else Finish.ABORT
+        if c.finish_reason == FinishReason.ABORT:
+            reason = Finish.TIMEOUT if tree.is_timed_out else Finish.ABORT
             self._finish(tree, thread, reason)
         elif c.finish_reason == "length" or not c.output_ids:
             # the budget only when it set this request's limit and the request used all of it; anything
             # else that stops a thread short is a window: ours, or the engine's own (engine.max_seq_len)
             spent = by_budget and len(c.output_ids) >= reserved and thread.num_tokens < self.cfg.max_thread_tokens
             self._finish(tree, thread, Finish.BUDGET if spent else Finish.WINDOW)
-        elif c.output_ids[-1] == self.pid.spawn_end:
+        elif c.output_ids[-1] == self.ids.spawn_end:
             self._spawn(tree, thread)
-        elif c.output_ids[-1] == self.pid.join_end:
+        elif c.output_ids[-1] == self.ids.join_end:
             try:
-                self._finish(tree, thread, Finish.JOIN, message=self.pid.parse_join(thread.ids))
+                self._finish(tree, thread, Finish.JOIN, message=self.ids.parse_join(thread.ids))
             except ProtocolError as e:
                 self._finish(tree, thread, Finish.MALFORMED, error=str(e))
         else:  # eos (or another stop id): a root's normal end; a child that ends so returns nothing
@@ -138,7 +136,7 @@ class Runtime:
 
     def _spawn(self, tree: ThreadTree, thread: Thread) -> None:
         try:
-            messages = self.pid.parse_spawn(thread.ids)
+            messages = self.ids.parse_spawn(thread.ids)
         except ProtocolError as e:
             return self._finish(tree, thread, Finish.MALFORMED, error=str(e))
         if thread.depth >= self.cfg.max_depth:
@@ -150,7 +148,7 @@ class Runtime:
         thread.status = Status.SUSPENDED
         group = []
         for m in messages:
-            child = Thread(tree.num_threads, [self.pid.bos] + self.child_prefix_ids + m, thread, thread.depth + 1)
+            child = Thread(tree.num_threads, [self.ids.bos] + self.child_prefix_ids + m, thread, thread.depth + 1)
             tree.num_threads += 1
             group.append(child)
         thread.children.append(group)
@@ -182,9 +180,9 @@ class Runtime:
         group = parent.children[-1]
         if parent.status != Status.SUSPENDED or any(c.status != Status.FINISHED for c in group):
             return
-        if id(tree) in self._timed_out:
+        if tree.is_timed_out:
             return self._finish(tree, parent, Finish.TIMEOUT)
-        block = self.pid.results_block([c.join_message or [] for c in group])
+        block = self.ids.results_block([c.join_message or [] for c in group])
         parent.ids += block
         parent.mask += [0] * len(block)
         parent.logprobs += [0.0] * len(block)
@@ -199,8 +197,8 @@ class Runtime:
             return
         now = time.perf_counter()
         for tree in trees:
-            if not tree.is_done and id(tree) not in self._timed_out and now - tree.started_s > self.cfg.timeout_s:
-                self._timed_out.add(id(tree))
+            if not tree.is_done and not tree.is_timed_out and now - tree.started_s > self.cfg.timeout_s:
+                tree.is_timed_out = True
                 for rid, (t, *_) in list(self._inflight.items()):
                     if t is tree:
                         self.engine.abort(rid)
