@@ -62,3 +62,28 @@ def test_import_apr_is_light():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"import apr pulled in: {out}"
+
+
+# `sft` is a trainer, not a shared layer: what SFT and RL share lives in `train`.
+MAY_IMPORT_SFT = {"sft", "eval", "cli"}
+
+
+def test_only_the_edges_import_sft():
+    problems = []
+    for path in ROOT.rglob("*.py"):
+        layer = layer_of(path)
+        for mod in imported_modules(path):
+            if mod == "apr.sft" or mod.startswith("apr.sft."):
+                if layer not in MAY_IMPORT_SFT:
+                    problems.append(f"{path.relative_to(ROOT)} ({layer}) imports {mod}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_package_says_what_it_owns():
+    """Each package's __init__.py opens with a docstring saying what it owns (a newcomer's map)."""
+    missing = []
+    for init in sorted(ROOT.rglob("__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        if not doc or len(doc.split("\n")[0]) < 20:
+            missing.append(str(init.relative_to(ROOT)))
+    assert not missing, f"no docstring saying what the package owns: {missing}"

@@ -1,8 +1,14 @@
-"""Supervised training from scratch on solver threads (SoS+ or APR traces).
+"""Supervised training from scratch on solver threads (SoS+ or APR traces): what is SFT's own.
 
-One training sequence per thread, loss only on generated tokens, sequences packed into
-fixed-length rows with block-diagonal attention; AdamW + warmup/cosine; torch (DDP) or DeepSpeed
-ZeRO strategies; atomic HF-format checkpoints with exact resume. Entry point: `python -m apr.cli.sft`.
+One training sequence per thread, loss only on generated tokens, sequences packed into fixed-length
+rows with block-diagonal attention. The strategy, optimizer, checkpoints and metrics are `apr.train`'s.
+Entry point: `python -m apr.cli.sft`.
+
+config    typed `sft.yaml` (model, data, optim, train, eval, checkpoint, log)
+data      traces -> `TrainSequence`s (through the token cache), fitted to the window
+packing   sequences -> packed rows, a resumable loader over them
+validate  the validation loss
+trainer   the loop (data -> forward_backward -> optimizer; eval and checkpoints when due)
 
     >>> # from apr.sft import SFTConfig, Trainer
     >>> # summary = Trainer(cfg, tokenizer, evaluate=None).fit()
