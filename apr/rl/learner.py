@@ -28,6 +28,7 @@ from apr.rl.loss import policy_loss, value_loss
 from apr.rl.strategy import STRATEGIES
 from apr.rl.weights import to_buckets
 from apr.sft.checkpoint import rng_state, set_rng_state
+from apr.sft.strategy import resolve_precision
 
 LEARNER_STATE = "learner.pt"
 
@@ -73,7 +74,9 @@ class ValueModel(torch.nn.Module):
 
 
 class RefPolicy:
-    """The frozen initial policy, for the KL penalty (at the rollouts' temperature, as the policy's)."""
+    """The frozen initial policy, for the KL penalty (at the rollouts' temperature, as the policy's).
+
+    `precision` `auto` is bf16 autocast where `device` has native bf16, else fp32."""
 
     def __init__(self, path: str, max_tokens: int, precision: str = "fp32", device: str = "cpu",
                  num_threads: int = 0, temperature: float = 1.0) -> None:
@@ -82,11 +85,18 @@ class RefPolicy:
         self.device = torch.device(device)
         self.model = load_checkpoint(path)[0].to(self.device).eval()
         self.max_tokens = max_tokens
-        self.autocast = _autocast(precision, self.device)
+        self.precision = resolve_precision(precision, self.device)
+        self.autocast = _autocast(self.precision, self.device)
         self.temperature = temperature
 
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         return batched_logprobs(self.model, batch, self.max_tokens, self.autocast, self.device, self.temperature)
+
+
+def ref_kwargs(cfg: RLConfig, device: str) -> dict:
+    """The `RefPolicy` arguments of the run's reference on `device` (it picks its own threads)."""
+    return {"path": cfg.init, "max_tokens": cfg.train.micro_batch_tokens, "precision": cfg.train.precision,
+            "device": device, "temperature": cfg.logprob_temperature}
 
 
 def _whitening(adv: torch.Tensor, mask: torch.Tensor) -> tuple:
@@ -112,16 +122,20 @@ class Learner:
     """Policy + AdamW (+ critic + AdamW for PPO); `update` is one RL step (see the module docstring).
 
     `self.policy` / `self.critic` are `apr.rl.strategy` trainables: `.model` runs forward (the
-    module, or DeepSpeed's engine), `.module` is the model itself."""
+    module, or DeepSpeed's engine), `.module` is the model itself. `train.precision=auto` is resolved
+    here, for the learner's device (`self.precision`: fp32 or bf16; `self.cfg` carries it)."""
 
     def __init__(self, cfg: RLConfig) -> None:
+        from dataclasses import replace
+
         t = cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(cfg.seed)
-        self.cfg = cfg
         self.device = _device(t.device)
-        self.autocast = _autocast(t.precision, self.device)
+        self.precision = resolve_precision(t.precision, self.device)
+        cfg = self.cfg = replace(cfg, train=replace(t, precision=self.precision))  # what the strategies read
+        self.autocast = _autocast(self.precision, self.device)
         strategy = STRATEGIES[t.strategy]
         policy, self.tokenizer = load_checkpoint(cfg.init)
         policy.to(self.device, torch.float32)
