@@ -4,14 +4,20 @@
     .venv/bin/python benchmarks/bench_rl.py --problems 2 --group 2 --repeats 1 --max-new 64 --max-wait-s 0 \
         --out /tmp/bench_rl                   # smoke test, ~10 s
     .venv/bin/python benchmarks/bench_rl.py --device cuda --dist none   # both sides on the GPU (no Ray there)
+    .venv/bin/python benchmarks/bench_rl.py --off-policy-steps 1   # ours one-step off-policy (rollouts overlap the update)
+    .venv/bin/python benchmarks/bench_rl.py --ref-placement learner   # ours: the reference beside the learner
     (make bench-rl: installs trl from the `bench` extra first)
 
 Same SoS+ checkpoint (serial traces: TRL cannot spawn), same problems (the first --problems of
 <data>/train/problems.jsonl), same group size, temperature 1.0 (no top-k/top-p), same thread window
 (ours: runtime.max_thread_tokens; TRL: max_completion_length = window - prompt tokens), lr, KL
 coefficient (TRL's beta), clip 0.2, token-mean loss, one optimizer step per batch (ours inner_steps=1,
-TRL num_iterations=1 and steps_per_generation=1), grad clip 1.0, fp32, all rollouts of a step in one
-batch. Ours runs in-process (`dist=none`, one rollout worker). Each side takes one warm-up step, then
+TRL num_iterations=1 and steps_per_generation=1), grad clip 1.0, the same precision (--precision: auto is
+bf16 where this device has it natively, else fp32, for both sides), all rollouts of a step in one batch.
+Ours: by default on a local Ray cluster with 2 rollout workers, each holding the reference and scoring its
+own rollouts (--ref-placement rollout: the same numbers as a reference beside the learner, off the critical
+path); --off-policy-steps 1 changes the algorithm (each step trains on rollouts sampled one update earlier,
+generated while the previous update ran; TRL stays on-policy), so the table says which. Each side takes one warm-up step, then
 the sides alternate A B A B for --repeats steps; each figure is the median over repeats. A step's
 time: ours, `train_step()` (rollout, advantages, ref, update, weight sync); TRL, from its
 `on_step_begin` to `on_step_end` (generation, scoring, ref, loss, backward, optimizer step).
@@ -38,7 +44,8 @@ from pathlib import Path  # noqa: E402
 
 TARGET = 3.0  # ours / TRL, problems per second
 SIDES = ("ours", "trl")
-PHASES = ("rollout", "advantages", "ref", "old_logprobs", "update", "sync", "other")  # table columns
+PHASES = ("rollout", "advantages", "ref", "old_logprobs", "update", "rollout_wait", "sync", "other")  # columns
+OURS_PHASES = ("rollout", "advantages", "ref", "update", "rollout_wait", "sync")  # RLTrainer's step timers
 
 
 @dataclass
@@ -59,6 +66,9 @@ class Setup:
     workers: int = 1  # ours only: rollout workers
     compile: bool = False  # ours only: torch.compile in the local engine
     device: str = "cpu"  # both sides: ours (learner, reference, engine) and TRL (model and generate)
+    precision: str = "fp32"  # both sides, resolved for `device` (fp32 or bf16)
+    ref_placement: str = "rollout"  # ours only: dist.ref_placement
+    off_policy_steps: int = 0  # ours only: train.off_policy_steps
 
     @property
     def max_new(self) -> int:
@@ -72,7 +82,7 @@ class Setup:
 # ---- ours -------------------------------------------------------------------------------------
 
 class OursSide:
-    """`RLTrainer(cfg, InProcessCluster(cfg)).train_step()`, one step per call, phases from its own timers."""
+    """`RLTrainer(cfg, make_cluster(cfg)).train_step()`, one step per call, phases from its own timers."""
 
     def __init__(self, s: Setup, run_dir: Path) -> None:
         from apr.config import from_dict
@@ -87,31 +97,27 @@ class OursSide:
             "loss": {"kl_coef": s.kl, "clip": 0.2, "aggregation": "token_mean"},
             "optim": {"lr": s.lr, "grad_clip": 1.0},
             "train": {"batch_problems": len(s.problems), "inner_steps": 1, "old_logprobs": "rollout",
-                      "precision": "fp32", "device": s.device, "micro_batch_tokens": s.micro_batch_tokens},
+                      "precision": s.precision, "device": s.device, "micro_batch_tokens": s.micro_batch_tokens,
+                      "off_policy_steps": s.off_policy_steps},
             "rollout": {"runtime": {"max_thread_tokens": s.window, "temperature": 1.0}, "eval_problems": 0},
             "engine": {"max_seq_len": s.window, "max_batch_size": s.rollouts, "compile": s.compile, "device": s.device},
-            "dist": {"mode": s.dist, "num_rollout_workers": s.workers, "worker_threads": 0 if s.workers == 1 else 1},
+            "dist": {"mode": s.dist, "num_rollout_workers": s.workers, "worker_threads": 0 if s.workers == 1 else 1,
+                     "ref_placement": s.ref_placement},
             "wandb": {"mode": "disabled"}}, "")
         self.trainer = RLTrainer(cfg, make_cluster(cfg))
-        self.rollouts: list = []
-        rollout = self.trainer.cluster.rollout
-
-        def keep(*a, **k):  # the step's rollouts, for finish reasons (outside no timer: negligible)
-            self.rollouts = rollout(*a, **k)
-            return self.rollouts
-
-        self.trainer.cluster.rollout = keep
+        self.num_rollouts = s.rollouts
 
     def step(self) -> dict:
         row = self.trainer.train_step()
         self.trainer.step += 1  # as fit() does: the next step reshuffles the same problems, new seeds
-        phases = {k: row[f"time/{k}_s"] for k in ("rollout", "advantages", "ref", "update", "sync")
-                  if f"time/{k}_s" in row}
-        n = len(self.rollouts)
+        phases = {k: row[f"time/{k}_s"] for k in OURS_PHASES if f"time/{k}_s" in row}
+        n = self.num_rollouts
         return {"step_s": row["time/step_s"], "phases": phases,
                 "generated_tokens": round(row["rollout/mean_generated_tokens"] * n), "rollouts": n,
-                "reward": row["rollout/reward"],
-                "truncated_share": sum(r.tree.root.finish_reason == "window" for r in self.rollouts) / max(n, 1)}
+                "reward": row["rollout/reward"], "truncated_share": row["rollout/root_window_share"],
+                "policy_lag": row["rl/policy_lag"],
+                # generated tokens / wall s of their generation (off-policy: launch to collect, beside the update)
+                "rollout_tokens_per_s": row["rollout/tokens_per_s"]}
 
 
 # ---- TRL --------------------------------------------------------------------------------------
@@ -147,7 +153,7 @@ class TRLSide:
             max_completion_length=s.max_new, temperature=1.0, top_p=1.0, top_k=0,
             learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
             beta=s.kl, epsilon=0.2, loss_type="dapo", scale_rewards="group",
-            bf16=False, use_cpu=s.device == "cpu", report_to="none", save_strategy="no", logging_steps=1,
+            bf16=s.precision == "bf16", use_cpu=s.device == "cpu", report_to="none", save_strategy="no", logging_steps=1,
             disable_tqdm=True, seed=s.seed, dataloader_num_workers=0, log_completions=False)
         clock = self
 
@@ -212,7 +218,8 @@ class TRLSide:
         rewards = self.stats["rewards"]
         return {"step_s": self.stats["step_s"], "phases": phases, "generated_tokens": self.stats["tokens"],
                 "rollouts": n, "reward": sum(rewards) / max(len(rewards), 1),
-                "truncated_share": self.stats["truncated"] / max(n, 1)}
+                "truncated_share": self.stats["truncated"] / max(n, 1),
+                "rollout_tokens_per_s": self.stats["tokens"] / max(phases["rollout"], 1e-9)}
 
 
 # ---- driver -----------------------------------------------------------------------------------
@@ -238,8 +245,14 @@ def make_setup(args) -> Setup:
     window = prompt_tokens + args.max_new if args.max_new else args.window
     if len(lengths) > 1:
         print(f"note: prompts of {sorted(lengths)} tokens; TRL gets window - {prompt_tokens} new tokens")
+    import torch
+
+    from apr.train.device import resolve_precision
+
+    precision = resolve_precision(args.precision, torch.device(args.device))
     return Setup(args.model, args.data, problems, args.group, window, prompt_tokens, args.lr, args.kl,
-                 args.micro_batch_tokens, args.seed, args.dist, args.workers, args.compile, args.device)
+                 args.micro_batch_tokens, args.seed, args.dist, args.workers, args.compile, args.device,
+                 precision, args.ref_placement, args.off_policy_steps)
 
 
 def measure(sides: dict, repeats: int, max_wait_s: float) -> dict[str, list[dict]]:
@@ -268,7 +281,7 @@ def summarize(runs: list[dict], num_problems: int) -> dict:
            "problems_per_s": med(num_problems / r["step_s"] for r in runs),
            "generated_tokens": med(r["generated_tokens"] for r in runs),
            "generated_tokens_per_s": med(r["generated_tokens"] / r["step_s"] for r in runs),
-           "rollout_tokens_per_s": med(r["generated_tokens"] / r["phases"]["rollout"] for r in runs),
+           "rollout_tokens_per_s": med(r["rollout_tokens_per_s"] for r in runs),
            "reward": med(r["reward"] for r in runs), "truncated_share": med(r["truncated_share"] for r in runs),
            "max_others_cores": max(r["others_cores"] for r in runs)}
     names = list(runs[0]["phases"])
@@ -282,7 +295,8 @@ def to_markdown(res: dict) -> str:
     m, o, t = res["matched"], res["summary"]["ours"], res["summary"]["trl"]
     head = (f"{m['problems']} problems x G={m['group']} ({m['rollouts']} rollouts), {m['window']}-token threads "
             f"(TRL max_completion_length {m['trl_max_completion_length']}), one optimizer step, "
-            f"median of {res['repeats']} steps after a warm-up, sides alternating")
+            f"median of {res['repeats']} steps after a warm-up, sides alternating; {m['precision']}; "
+            f"{m['policy']}; ours: {m['ours_placement']}")
     md = [head, "", "| side | step s | problems/s | generated tokens | generated tok/s | rollout-phase tok/s "
           "| reward | hit length limit |", "|---|---|---|---|---|---|---|---|"]
     for name, label in (("ours", "apr RLTrainer"), ("trl", f"TRL {res['meta']['trl']} GRPOTrainer")):
@@ -316,11 +330,15 @@ def matched(s: Setup) -> dict:
         "advantage": "GRPO, group mean and std (ours eps 1e-6, TRL 1e-4)",
         "optimizer_steps_per_step": "1 (ours train.inner_steps=1; TRL num_iterations=1, steps_per_generation=1)",
         "optimizer": "AdamW betas (0.9, 0.999), eps 1e-8, no weight decay, constant lr, grad clip 1.0",
-        "precision": "fp32 both",
+        "precision": f"{s.precision} both",
         "rollout_batch": f"all {s.rollouts} in one batch (ours engine max_batch_size; TRL one generate call)",
         "old_logprobs": "ours: the engine's sampled log-probs; TRL: none needed (on-policy, one iteration)",
+        "policy": ("ours one-step off-policy (train.off_policy_steps=1: rollouts sampled one update earlier, "
+                   "generated during the previous update; the PPO ratio against their sampled log-probs); "
+                   "TRL on-policy" if s.off_policy_steps else "on-policy both"),
         "learner_micro_batch": f"ours {s.micro_batch_tokens} padded tokens; TRL the whole batch",
-        "ours_placement": (f"dist={s.dist}, {s.workers} rollout worker(s)"
+        "ours_placement": (f"dist={s.dist}, {s.workers} rollout worker(s), reference in the "
+                           f"{'rollout workers' if s.ref_placement == 'rollout' else 'learner process'}"
                            + (", engine torch.compile" if s.compile else "")),
         "trl_generation": "HF generate, DynamicCache, no vLLM, CPU"}
 
@@ -347,6 +365,12 @@ def main() -> None:
                     help="per run, how long to wait for other processes to leave the CPU (0: do not wait)")
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: both sides (with cuda use --dist none)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="both sides: auto is bf16 where --device has it natively, else fp32")
+    ap.add_argument("--ref-placement", default="rollout", choices=["learner", "rollout"],
+                    help="ours: dist.ref_placement (the reference in the rollout workers, or beside the learner)")
+    ap.add_argument("--off-policy-steps", type=int, default=0, choices=[0, 1],
+                    help="ours: train.off_policy_steps (1: the next step's rollouts overlap this step's update)")
     args = ap.parse_args()
     import torch
     import transformers

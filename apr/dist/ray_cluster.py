@@ -8,6 +8,11 @@ Weight sync: the learner actor cuts its state dict into buckets of `dist.bucket_
 the object store once and returns the references; every worker fetches them (one object per
 bucket, shared by all workers on a node) and copies them into its engine in place.
 
+The frozen reference (for the KL) is its own actor beside the learner (bundle 0), or, with
+`dist.ref_placement=rollout`, a copy inside every rollout worker that scores the worker's rollouts
+right after generating them. `launch_rollout` / `collect_rollouts` split a rollout call so that the
+driver can run the learner meanwhile (`train.off_policy_steps=1`).
+
 Fault tolerance: a rollout call that fails because its worker died (or the worker was killed)
 replaces that worker by a fresh actor, gives it the current weights and re-runs its shard, up
 to `dist.max_worker_restarts` times per call. Every `ray.get` has a timeout, so nothing hangs.
@@ -42,8 +47,8 @@ from apr.config import ConfigError
 from apr.rl.algos import aggregation_denominator
 from apr.rl.batch import shard_rows
 from apr.rl.config import RLConfig
-from apr.rl.learner import Learner, RefPolicy
-from apr.rl.rollout import Rollout, RolloutWorker, worker_engine_config
+from apr.rl.learner import Learner, RefPolicy, ref_kwargs
+from apr.rl.rollout import Rollout, RolloutWorker, worker_device, worker_engine_config
 from apr.net import free_port
 from apr.train import collectives
 from apr.train.device import select_device
@@ -144,7 +149,8 @@ class RayCluster:
         self.learners = self._new_learners()
         self.learner = self.learners[0]
         self.ref = None
-        if cfg.uses_ref:
+        self.ref_in_workers = cfg.uses_ref and d.ref_placement == "rollout"  # else a reference actor
+        if cfg.uses_ref and not self.ref_in_workers:
             self.ref = ray.remote(num_cpus=d.ref_cpus, num_gpus=d.ref_gpus)(RefActor).options(
                 **self._in_bundle(0)).remote(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision,
                                             cfg.train.num_threads, "cuda" if d.ref_gpus > 0 else "cpu",
@@ -215,7 +221,8 @@ class RayCluster:
         c, d = self.cfg, self.cfg.dist
         actor = ray.remote(num_cpus=d.worker_cpus, num_gpus=d.worker_gpus)(WorkerActor).options(**self._in_bundle(1 + i))
         engine = worker_engine_config(c.engine, i, d.num_rollout_workers)
-        return actor.remote(c.init, c.rollout, c.algo, c.data.condition, d.worker_threads, engine)
+        ref = ref_kwargs(c, worker_device(engine)) if self.ref_in_workers else None
+        return actor.remote(c.init, c.rollout, c.algo, c.data.condition, d.worker_threads, engine, ref=ref)
 
     def _get(self, ref):
         return ray.get(ref, timeout=self.timeout)
@@ -223,15 +230,29 @@ class RayCluster:
     # ---- the cluster interface (see apr.rl.trainer.InProcessCluster) ------------------------------------
     def rollout(self, shards: list[tuple], num_samples: int, temperature: float | None = None,
                 step: int | None = None) -> list[Rollout]:
+        return self.collect_rollouts(self.launch_rollout(shards, num_samples, step, temperature))
+
+    def launch_rollout(self, shards: list[tuple], num_samples: int, step: int | None = None,
+                       temperature: float | None = None) -> tuple:
+        """Start every worker on its shard (on the weights it holds now); returns the handle that
+        `collect_rollouts` waits on. Training rollouts (`temperature` None) carry the workers' reference
+        log-probs with `dist.ref_placement=rollout`."""
         d = self.cfg.dist
-
-        def call(i: int, die: bool = False):
-            problems, seed, first = shards[i]
-            return self.workers[i].rollout.remote(problems, num_samples, seed, first, temperature,
-                                                  0.0 if die else None)
-
         inject = d.kill_worker_at_step is not None and step == d.kill_worker_at_step
-        refs = {i: call(i, die=inject and i == 0) for i in range(len(shards))}
+        call = (shards, num_samples, temperature)
+        return call, {i: self._call(call, i, die=inject and i == 0) for i in range(len(shards))}
+
+    def _call(self, call: tuple, i: int, die: bool = False):
+        shards, num_samples, temperature = call
+        problems, seed, first = shards[i]
+        with_ref = self.ref_in_workers and temperature is None
+        return self.workers[i].rollout.remote(problems, num_samples, seed, first, temperature,
+                                              0.0 if die else None, with_ref)
+
+    def collect_rollouts(self, launched: tuple) -> list[Rollout]:
+        """The rollouts of a `launch_rollout`: a worker that died is replaced (with the weights of the
+        latest sync) and its shard run again, up to `dist.max_worker_restarts` times."""
+        call, refs = launched[0], dict(launched[1])
         results: dict[int, list[Rollout]] = {}
         attempts = 0
         while refs:
@@ -241,10 +262,10 @@ class RayCluster:
                 del refs[i]
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 attempts += 1
-                if attempts > d.max_worker_restarts:
+                if attempts > self.cfg.dist.max_worker_restarts:
                     raise RuntimeError(f"rollout worker {i} died {attempts} times in one call; last: {e}") from e
                 self._replace_worker(i)
-                refs[i] = call(i)
+                refs[i] = self._call(call, i)
         return [r for i in sorted(results) for r in results[i]]
 
     def _replace_worker(self, i: int) -> None:

@@ -122,9 +122,15 @@ class RLTrainConfig:
     inner_steps: int = 2  # optimizer steps over each batch of rollouts
     micro_batch_tokens: int = 16384  # padded tokens per forward/backward (gradients accumulate)
     old_logprobs: Literal["rollout", "recompute"] = "rollout"  # PPO ratio denominator
+    # 0: on-policy (each step samples from the weights its update starts from); 1: the next step's rollouts
+    # are generated while this step's update runs, from weights one update older (rl/policy_lag <= 1); the
+    # PPO ratio is then against the behaviour policy's sampled log-probs (needs old_logprobs=rollout)
+    off_policy_steps: int = 0
     strategy: Literal["torch", "deepspeed"] = "torch"
     zero_stage: int = 2  # deepspeed
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 autocast where the device has native bf16 (CUDA, or a CPU with AMX / AVX512-BF16), else fp32
+    # (apr.train.device.resolve_precision; the learner and every reference decide for their own device)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # torch intra-op threads of the learner (0: torch's default)
     max_nonfinite_steps: int = 3  # optimizer steps in a row skipped for a non-finite gradient that stop the run (0: never)
@@ -138,6 +144,11 @@ class RLTrainConfig:
         check(self.micro_batch_tokens >= 16, "train.micro_batch_tokens", self.micro_batch_tokens, "an integer >= 16")
         check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", self.zero_stage, "0, 1, 2 or 3")
         check(self.device in ("auto", "cpu", "cuda"), "train.device", self.device, "auto, cpu or cuda")
+        check(self.off_policy_steps in (0, 1), "train.off_policy_steps", self.off_policy_steps,
+              "0 (on-policy) or 1 (the next step's rollouts overlap this step's update)")
+        check(self.off_policy_steps == 0 or self.old_logprobs == "rollout", "train.old_logprobs", self.old_logprobs,
+              "rollout with train.off_policy_steps=1 (the PPO ratio must be against the behaviour policy's "
+              "sampled log-probs; recompute would score them with the learner's newer weights)")
         check(self.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", self.max_nonfinite_steps,
               "an integer >= 0 (0: never stop)")
 
@@ -199,6 +210,11 @@ class DistConfig:
     learner_gpus: float = 0.0  # per learner
     ref_cpus: float = 0.0
     ref_gpus: float = 0.0  # >0: the reference runs on CUDA (e.g. 0.5 + learner_gpus 0.5: one GPU shared)
+    # where the frozen reference (for the KL) scores tokens: learner (one model beside the learner, the whole
+    # batch between rollout and update) or rollout (a copy in every rollout worker, scoring its own rollouts
+    # right after generating them: in parallel, off the learner's critical path; on the worker's local engine's
+    # device, CPU beside an SGLang engine). Default learner: one model copy, and SGLang workers hold no model
+    ref_placement: Literal["learner", "rollout"] = "learner"
     bucket_mb: float = 32.0  # weight sync: parameters per object-store bucket
     max_worker_restarts: int = 3  # per step: a dead rollout worker is replaced and its share re-run
     call_timeout_s: float = 3600.0  # any remote call longer than this fails the run (never hangs)

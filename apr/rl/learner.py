@@ -28,7 +28,7 @@ from apr.rl.weights import to_buckets
 from apr.train import checkpoint as ckpt
 from apr.train import collectives
 from apr.train.device import autocast as autocast_for
-from apr.train.device import select_device
+from apr.train.device import resolve_precision, select_device
 from apr.train.optim import build_optimizer, build_scheduler
 from apr.train.strategy import STRATEGIES
 
@@ -57,7 +57,9 @@ class ValueModel(torch.nn.Module):
 
 
 class RefPolicy:
-    """The frozen initial policy, for the KL penalty (at the rollouts' temperature, as the policy's)."""
+    """The frozen initial policy, for the KL penalty (at the rollouts' temperature, as the policy's).
+
+    `precision` `auto` is bf16 autocast where `device` has native bf16, else fp32."""
 
     def __init__(self, path: str, max_tokens: int, precision: str = "fp32", device: str = "cpu",
                  num_threads: int = 0, temperature: float = 1.0) -> None:
@@ -66,11 +68,18 @@ class RefPolicy:
         self.device = torch.device(device)
         self.model = load_checkpoint(path)[0].to(self.device).eval()
         self.max_tokens = max_tokens
-        self.autocast = autocast_for(precision, self.device)
+        self.precision = resolve_precision(precision, self.device)
+        self.autocast = autocast_for(self.precision, self.device)
         self.temperature = temperature
 
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         return batched_logprobs(self.model, batch, self.max_tokens, self.autocast, self.device, self.temperature)
+
+
+def ref_kwargs(cfg: RLConfig, device: str) -> dict:
+    """The `RefPolicy` arguments of the run's reference on `device` (it picks its own threads)."""
+    return {"path": cfg.init, "max_tokens": cfg.train.micro_batch_tokens, "precision": cfg.train.precision,
+            "device": device, "temperature": cfg.logprob_temperature}
 
 
 def _whitening(adv: torch.Tensor, mask: torch.Tensor) -> tuple:
@@ -102,16 +111,20 @@ class Learner:
     """Policy + AdamW (+ critic + AdamW for PPO); `update` is one RL step (see the module docstring).
 
     `self.policy` / `self.critic` are `apr.train.strategy` strategies: `.model` runs forward (the
-    module, or DeepSpeed's engine), `.module` is the model itself."""
+    module, or DeepSpeed's engine), `.module` is the model itself. `train.precision=auto` is resolved
+    here, for the learner's device (`self.precision`: fp32 or bf16; `self.cfg` carries it)."""
 
     def __init__(self, cfg: RLConfig) -> None:
+        from dataclasses import replace
+
         t = cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(cfg.seed)
-        self.cfg = cfg
         self.device = select_device(t.device)
-        self.autocast = autocast_for(t.precision, self.device)
+        self.precision = resolve_precision(t.precision, self.device)
+        cfg = self.cfg = replace(cfg, train=replace(t, precision=self.precision))  # what the strategies read
+        self.autocast = autocast_for(self.precision, self.device)
         policy, self.tokenizer = load_checkpoint(cfg.init)
         policy.to(self.device, torch.float32)
         policy.config.use_cache = False

@@ -2,7 +2,8 @@
 
 The same class runs in-process (`dist=none`) and inside a Ray actor (`apr.dist`). What it returns
 is token-exact: each `Rollout` carries the runtime's `ThreadTree` (ids, generated-mask, sampled
-log-probs per thread), the reward and the policy version the engine held.
+log-probs per thread), the reward and the policy version the engine held; with `dist.ref_placement=rollout`
+the worker also holds the frozen reference and returns its log-probs of every thread.
 
     >>> # worker = RolloutWorker("runs/sft/n3_tiny_apr/final", RolloutConfig(), AlgoConfig())
     >>> # rollouts = worker.rollout(problems, num_samples=5, seed=17, first_index=0)
@@ -21,6 +22,7 @@ from apr.rl.algos import CREDIT, register_in
 from apr.rl.config import AlgoConfig, RolloutConfig
 from apr.rl.weights import load_buckets
 from apr.runtime import Finish, RuntimeConfig, ThreadTree
+from apr.scoring import EvalRecord, score
 from apr.search import child_outcome
 from apr.task import Problem, reward
 
@@ -69,11 +71,26 @@ class Rollout:
     answer: str | None
     policy_version: int
     thread_outcomes: list[int] | None = None  # per thread (root 0), for credit=child_outcome
-
+    # per thread (tree.threads() order): the reference's (T_thread,) log-prob of each of its tokens
+    # (dist.ref_placement=rollout); None: scored by the learner-side reference, or no KL
+    ref_logprobs: list | None = None
 
     @property
     def metrics(self) -> dict:
         return self.tree.metrics()
+
+
+def rollout_metrics(rollouts: list[Rollout], prefix: str) -> dict:
+    """`<prefix>/<name>`: the standard metrics (`apr.scoring.METRICS`), the mean reward, thread lengths, and
+    the share of rollouts whose root was cut by the thread window."""
+    n = max(len(rollouts), 1)
+    records = [EvalRecord.from_tree(r.problem_index, r.sample_index, r.answer, r.correct, r.tree) for r in rollouts]
+    lengths = [t.num_tokens for r in rollouts for t in r.tree.threads()]
+    return {f"{prefix}/reward": sum(r.reward for r in rollouts) / n,
+            **{f"{prefix}/{k}": v for k, v in score(records).items()},
+            f"{prefix}/thread_len_mean": sum(lengths) / max(len(lengths), 1),
+            f"{prefix}/thread_len_max": max(lengths, default=0),
+            f"{prefix}/root_window_share": sum(r.tree.root.finish_reason == Finish.WINDOW for r in rollouts) / n}
 
 
 class ProblemStream:
@@ -124,6 +141,50 @@ def worker_engine_config(engine, index: int, num_workers: int):
     return replace(engine, urls=list(engine.urls)[index::num_workers])
 
 
+def worker_device(engine) -> str:
+    """Where a rollout worker's reference runs (`dist.ref_placement=rollout`): on its local engine's device;
+    CPU beside a server-backed engine (SGLang), whose model lives in the server.
+
+    >>> from apr.engine.config import engine_config
+    >>> worker_device(engine_config({"device": "cpu"})), worker_device(engine_config({"name": "sglang", "urls": ["http://a:1"]}))
+    ('cpu', 'cpu')
+    """
+    return str(getattr(engine, "device", None) or "cpu")
+
+
+def threads_batch(trees: list[ThreadTree], pad_id: int = 0):
+    """Every thread of `trees` (in `tree.threads()` order) as a right-padded `SequenceBatch` with only ids
+    and lengths: what a reference needs to score them (the rows `apr.rl.batch.sequences_from_trees` makes)."""
+    import torch
+
+    from apr.rl.batch import SequenceBatch
+
+    rows = [t.all_ids for tree in trees for t in tree.threads()]
+    ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)  # (N, T)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+    n, zeros = len(rows), torch.zeros(len(rows))  # (N,)
+    return SequenceBatch(ids, torch.zeros_like(ids), torch.zeros(ids.shape), zeros, zeros,
+                         torch.zeros(n, dtype=torch.long), torch.tensor([len(r) for r in rows]), zeros)
+
+
+def ref_logprobs_of(rollouts: list[Rollout], shape: tuple[int, int]):
+    """(N, T) reference log-probs of a step's batch (`shape`: its ids'), from the per-thread ones the
+    rollout workers returned; row order is `sequences_from_trees`' (rollout-major, then thread)."""
+    import torch
+
+    if any(r.ref_logprobs is None for r in rollouts):
+        raise ValueError("dist.ref_placement=rollout, but some rollouts carry no reference log-probs (generated "
+                         "with dist.ref_placement=learner before a resume?); accepted: the placement they had")
+    rows = [lp for r in rollouts for lp in r.ref_logprobs]
+    if len(rows) != shape[0]:
+        raise ValueError(f"the rollouts carry reference log-probs of {len(rows)} threads; the batch has {shape[0]}")
+    out = torch.zeros(shape)  # (N, T)
+    for i, lp in enumerate(rows):
+        out[i, :len(lp)] = lp
+    return out
+
+
 def rollout_seed(seed: int, step: int, first_index: int) -> int:
     """The runtime seed of one shard: fixed by the run seed, the step and the shard's first problem."""
     import hashlib
@@ -133,10 +194,12 @@ def rollout_seed(seed: int, step: int, first_index: int) -> int:
 
 
 class RolloutWorker:
-    """An engine loaded from `init`, the runtime, and the Countdown reward."""
+    """An engine loaded from `init`, the runtime, and the Countdown reward; with `ref` (the keyword
+    arguments of `apr.rl.learner.RefPolicy`, `ref_kwargs`) also the frozen reference, which scores the
+    threads of training rollouts (`rollout(..., with_ref=True)`) right after they are generated."""
 
     def __init__(self, init: str, rollout: RolloutConfig, algo: AlgoConfig, condition: str | None = None,
-                 num_threads: int = 0, engine=None, reasoner=None) -> None:
+                 num_threads: int = 0, engine=None, reasoner=None, ref: dict | None = None) -> None:
         import torch
 
         from apr.api import Reasoner
@@ -157,6 +220,11 @@ class RolloutWorker:
         if check_logprobs is not None:  # a server's log-probs must be those the learner recomputes
             check_logprobs(rollout.runtime.temperature)
         self.policy_version = 0
+        self.ref = None
+        if ref is not None:
+            from apr.rl.learner import RefPolicy
+
+            self.ref = RefPolicy(**ref)
 
     # ---- weights ----------------------------------------------------------------------------------
     def set_weights(self, buckets: list[dict], version: int) -> int:
@@ -171,11 +239,13 @@ class RolloutWorker:
 
     # ---- rollouts ---------------------------------------------------------------------------------
     def rollout(self, problems: list[Problem], num_samples: int, seed: int, first_index: int = 0,
-                temperature: float | None = None, die_after_s: float | None = None) -> list[Rollout]:
+                temperature: float | None = None, die_after_s: float | None = None,
+                with_ref: bool = False) -> list[Rollout]:
         """`num_samples` trees per problem (prompt-major), scored with the task reward.
 
         `first_index` numbers the problems within the step's batch; `die_after_s` (fault injection
-        for tests) kills this process that many seconds into the call."""
+        for tests) kills this process that many seconds into the call; `with_ref`: the worker's
+        reference scores every thread too (`Rollout.ref_logprobs`)."""
         if die_after_s is not None:
             _die_later(die_after_s)
         limits = {"seed": seed} if temperature is None else {"seed": seed, "temperature": temperature}
@@ -189,7 +259,25 @@ class RolloutWorker:
             outcomes = self._thread_outcomes(problems[i], r) if CREDIT[self.algo.credit].needs_outcomes else None
             out.append(Rollout(first_index + i, s, r.tree.thread_tree, score, r.correct, r.answer, self.policy_version,
                                outcomes))
+        if with_ref:
+            self._score_ref(out)
         return out
+
+    def _score_ref(self, rollouts: list[Rollout]) -> None:
+        """Fill `Rollout.ref_logprobs`: the reference's log-probs of every thread, in one batched pass."""
+        if self.ref is None:
+            raise RuntimeError("with_ref=True, but this rollout worker holds no reference (dist.ref_placement)")
+        trees = [r.tree for r in rollouts]
+        if not trees:
+            return
+        batch = threads_batch(trees)
+        logp = self.ref.logprobs(batch)  # (N, T)
+        k = 0
+        for r in rollouts:
+            r.ref_logprobs = []
+            for t in r.tree.threads():
+                r.ref_logprobs.append(logp[k, :len(t.all_ids)].clone())  # (T_thread,)
+                k += 1
 
     def _thread_outcomes(self, problem: Problem, result) -> list[int]:
         """Each child's join checked against its own start state (`apr.search.child_outcome`); root 0."""

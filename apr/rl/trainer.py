@@ -5,6 +5,13 @@ group baselines, credit to every thread; token-exact sequences) -> `ref` (refere
 the KL) -> `update` (the learner's inner steps) -> `sync` (weights to the workers, in buckets) ->
 `eval` / `checkpoint` when due. Every phase is timed.
 
+`dist.ref_placement=rollout`: the workers return the reference log-probs with their rollouts (the
+`ref` phase only assembles them). `train.off_policy_steps=1`: once a step has its rollouts, the next
+step's start on the weights the workers hold (Ray: futures; in process: at once) and run beside the
+update; `next_rollout` collects them before `sync`. They are one update old when trained on
+(`rl/policy_lag` 1, checked never above the setting), the PPO ratio against their sampled log-probs.
+Checkpoints keep them (`pending_rollouts.pkl`), so a resume is exact.
+
 The cluster is `InProcessCluster` here (`dist=none`) or `apr.dist.RayCluster` (`dist=ray_local`,
 `ray_cluster`); both have the same methods, so the loop is the same code for both.
 
@@ -14,6 +21,7 @@ The cluster is `InProcessCluster` here (`dist=none`) or `apr.dist.RayCluster` (`
 from __future__ import annotations
 
 import json
+import pickle
 import time
 import traceback
 from pathlib import Path
@@ -22,22 +30,25 @@ from apr.config import ConfigError, to_dict
 from apr.model.integrity import check_checkpoint, files_fingerprint, weights_hash
 from apr.rl.algos import CREDIT
 from apr.rl.config import RLConfig
-from apr.rl.learner import Learner, RefPolicy
+from apr.rl.learner import Learner, RefPolicy, ref_kwargs
 from apr.rl.rollout import (
     ProblemStream,
     Rollout,
     RolloutWorker,
+    ref_logprobs_of,
+    rollout_metrics,
     rollout_seed,
+    worker_device,
     worker_engine_config,
 )
 from apr.rl.sequences import advantage_params, sequences_from_trees
-from apr.scoring import EvalRecord, score
 from apr.task import load_problems, problems_path
 from apr.train import checkpoint as ckpt
 from apr.train.budget import TimeBudget
 from apr.train.metrics import MetricsLog, is_due, progress_bar, say, timer
 
 SHARD = tuple  # (problems, seed, first_index)
+PENDING_FILE = "pending_rollouts.pkl"  # in a checkpoint: train.off_policy_steps=1's rollouts of the next step
 
 
 class RLError(RuntimeError):
@@ -53,25 +64,41 @@ def shards_of(problems: list, num_workers: int, seed: int, step: int) -> list[tu
 
 
 class InProcessCluster:
-    """`dist=none`: the rollout workers, learner and reference all live in this process (for debugging)."""
+    """`dist=none`: the rollout workers, learner and reference all live in this process (for debugging).
+
+    The reference sits beside the learner (`dist.ref_placement=learner`, on the learner's device) or
+    in every rollout worker (`rollout`, on the worker's engine device)."""
 
     def __init__(self, cfg: RLConfig) -> None:
         self.cfg = cfg
         self.learner = Learner(cfg)
-        self.ref = RefPolicy(cfg.init, cfg.train.micro_batch_tokens, cfg.train.precision,
-                             temperature=cfg.logprob_temperature) if cfg.uses_ref else None
+        self.ref_in_workers = cfg.uses_ref and cfg.dist.ref_placement == "rollout"
+        self.ref = None
+        if cfg.uses_ref and not self.ref_in_workers:
+            self.ref = RefPolicy(**ref_kwargs(cfg, str(self.learner.device)))
         n = cfg.dist.num_rollout_workers
-        self.workers = [RolloutWorker(cfg.init, cfg.rollout, cfg.algo, cfg.data.condition,
-                                      engine=worker_engine_config(cfg.engine, i, n)) for i in range(n)]
+        engines = [worker_engine_config(cfg.engine, i, n) for i in range(n)]
+        self.workers = [RolloutWorker(cfg.init, cfg.rollout, cfg.algo, cfg.data.condition, engine=e,
+                                      ref=ref_kwargs(cfg, worker_device(e)) if self.ref_in_workers else None)
+                        for e in engines]
         self.num_workers = len(self.workers)
         self.restarts = 0
 
     def rollout(self, shards: list[SHARD], num_samples: int, temperature: float | None = None,
                 step: int | None = None) -> list[Rollout]:
         out: list[Rollout] = []
+        with_ref = self.ref_in_workers and temperature is None  # training rollouts (not greedy evaluation)
         for worker, (problems, seed, first) in zip(self.workers, shards):
-            out += worker.rollout(problems, num_samples, seed, first, temperature)
+            out += worker.rollout(problems, num_samples, seed, first, temperature, with_ref=with_ref)
         return out
+
+    def launch_rollout(self, shards: list[SHARD], num_samples: int, step: int | None = None) -> list[Rollout]:
+        """Start a step's rollouts on the weights the workers hold now (in process: run them now)."""
+        return self.rollout(shards, num_samples, step=step)
+
+    def collect_rollouts(self, launched: list[Rollout]) -> list[Rollout]:
+        """The rollouts `launch_rollout` started."""
+        return launched
 
     def ref_logprobs(self, batch):
         return self.ref.logprobs(batch)
@@ -109,6 +136,8 @@ class RLTrainer:
         self.step = 0
         self.phase = "setup"
         self.recipe = run_recipe(cfg)
+        # train.off_policy_steps=1: (step, rollouts, generation wall s) generated ahead for that step
+        self.pending: tuple[int, list[Rollout], float] | None = None
 
     # ---- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -167,10 +196,9 @@ class RLTrainer:
         cfg, row = self.cfg, {}
         t0 = time.perf_counter()
         self.phase = "rollout"
-        with timer("rollout", row):
-            problems = self.stream.batch(self.step * cfg.train.batch_problems, cfg.train.batch_problems)
-            shards = shards_of(problems, self.cluster.num_workers, cfg.seed, self.step)
-            rollouts = self.cluster.rollout(shards, cfg.algo.group_size, step=self.step)
+        with timer("rollout", row):  # in process, launching the next step's rollouts runs them (sequentially)
+            rollouts, gen_s = self._take_rollouts()
+            launched = self._launch_next()  # train.off_policy_steps=1: on Ray, they run beside the phases below
         self.phase = "advantages"
         with timer("advantages", row):
             rewards = [r.reward for r in rollouts]
@@ -182,22 +210,62 @@ class RLTrainer:
         if cfg.uses_ref:
             self.phase = "ref"
             with timer("ref", row):
-                ref = self.cluster.ref_logprobs(batch)
+                ref = (ref_logprobs_of(rollouts, tuple(batch.ids.shape)) if cfg.dist.ref_placement == "rollout"
+                       else self.cluster.ref_logprobs(batch))
         self.phase = "update"
         with timer("update", row):
             row.update(self.cluster.update(batch, ref))
+        self.pending = None  # this step's rollouts are spent
+        if launched is not None:
+            self.phase = "next_rollout"
+            with timer("rollout_wait", row):
+                self.pending = (self.step + 1, self.cluster.collect_rollouts(launched[0]),
+                                time.perf_counter() - launched[1])
         self.phase = "sync"
         with timer("sync", row):
             version = self.cluster.sync_weights()
-        step_s = time.perf_counter() - t0
-        row.update(rollout_metrics(rollouts, "rollout"))
-        gen = row["rollout/mean_generated_tokens"] * len(rollouts)
-        row.update({"rollout/tokens_per_s": gen / max(row["time/rollout_s"], 1e-9),
-                    "rl/train_tokens_per_s": row["rl/train_tokens"] / max(row["time/update_s"], 1e-9),
-                    "rl/policy_version": version,
-                    "rl/policy_lag": version - 1 - min(r.policy_version for r in rollouts),
-                    "dist/worker_restarts": getattr(self.cluster, "restarts", 0), "time/step_s": step_s})
+        row.update(self._step_metrics(rollouts, gen_s, version, row))
+        row["time/step_s"] = time.perf_counter() - t0
         return row
+
+    def _shards(self, step: int) -> list[tuple]:
+        problems = self.stream.batch(step * self.cfg.train.batch_problems, self.cfg.train.batch_problems)
+        return shards_of(problems, self.cluster.num_workers, self.cfg.seed, step)
+
+    def _take_rollouts(self) -> tuple[list[Rollout], float]:
+        """This step's rollouts and the wall seconds they took: generated ahead during the previous step's
+        update (train.off_policy_steps=1; seconds from their launch to their collection, the update's
+        included), or now, on the weights the workers hold."""
+        if self.pending is not None and self.pending[0] == self.step:
+            return self.pending[1], self.pending[2]
+        t = time.perf_counter()
+        rollouts = self.cluster.rollout(self._shards(self.step), self.cfg.algo.group_size, step=self.step)
+        return rollouts, time.perf_counter() - t
+
+    def _launch_next(self) -> tuple | None:
+        """train.off_policy_steps=1: start the next step's rollouts now, on the weights the workers hold
+        (those this step's rollouts came from, or newer), to be collected after this step's update;
+        (handle, start time), or None (on-policy, or no next step within train.steps)."""
+        step = self.step + 1
+        if self.cfg.train.off_policy_steps == 0 or step >= self.cfg.train.steps:
+            return None
+        t = time.perf_counter()
+        return self.cluster.launch_rollout(self._shards(step), self.cfg.algo.group_size, step=step), t
+
+    def _step_metrics(self, rollouts: list[Rollout], gen_s: float, version: int, row: dict) -> dict:
+        """Rollout means, throughputs, and the policy lag: the learner's version before this update minus
+        the oldest version the rollouts were sampled from (never above train.off_policy_steps)."""
+        lag = version - 1 - min(r.policy_version for r in rollouts)
+        if lag > self.cfg.train.off_policy_steps:
+            raise RuntimeError(f"rollouts {lag} policy versions behind the learner; train.off_policy_steps="
+                               f"{self.cfg.train.off_policy_steps} allows at most that many")
+        out = rollout_metrics(rollouts, "rollout")
+        gen = out["rollout/mean_generated_tokens"] * len(rollouts)
+        out.update({"rollout/tokens_per_s": gen / max(gen_s, 1e-9),
+                    "rl/train_tokens_per_s": row["rl/train_tokens"] / max(row["time/update_s"], 1e-9),
+                    "rl/policy_version": version, "rl/policy_lag": lag,
+                    "dist/worker_restarts": getattr(self.cluster, "restarts", 0)})
+        return out
 
     def evaluate(self) -> dict:
         """Greedy rollouts of the held-out problems with the current weights."""
@@ -221,6 +289,7 @@ class RLTrainer:
             self.cluster.load(resume_from)
             state = json.loads((resume_from / ckpt.STATE_FILE).read_text())
             self.step = state["step"]
+            self._load_pending(resume_from)
             _say(f"resuming at step {self.step} from {resume_from}")
         if cfg.train.max_minutes:  # a resumed run continues its checkpoint's count of training time
             state = json.loads((resume_from / ckpt.STATE_FILE).read_text()) if resume_from else {}
@@ -237,13 +306,39 @@ class RLTrainer:
                  "seed": self.cfg.seed, "recipe": self.recipe}
         if self.budget is not None:
             state["budget"] = self.budget.state()
-        return ckpt.save(path, self.cluster.save, state)
+
+        def write(tmp: Path) -> None:
+            self.cluster.save(tmp)
+            if self.pending is not None:  # off-policy: the next step's rollouts, generated from older weights
+                with open(tmp / PENDING_FILE, "wb") as f:
+                    pickle.dump(self.pending, f)
+
+        return ckpt.save(path, write, state)
+
+    def _load_pending(self, resume_from: Path) -> None:
+        """train.off_policy_steps=1: the rollouts a checkpoint saved for its next step (the resumed run is the
+        uninterrupted one). Without them (`final`) they are generated again from its weights: that step is
+        on-policy (rl/policy_lag 0), and the run differs from an uninterrupted one from there."""
+        path = resume_from / PENDING_FILE
+        if self.cfg.train.off_policy_steps == 0 or self.step >= self.cfg.train.steps:
+            return
+        if not path.is_file():
+            _say(f"{resume_from} holds no rollouts generated ahead for step {self.step + 1}: they are generated "
+                 "again from its weights (that step on-policy, rl/policy_lag 0)")
+            return
+        with open(path, "rb") as f:
+            self.pending = pickle.load(f)
+        if self.pending[0] != self.step:
+            raise ConfigError(f"resume: {path} holds rollouts for step {self.pending[0] + 1}, the checkpoint is "
+                              f"at step {self.step}; accepted: a checkpoint this version of apr wrote")
 
     def _fail(self, e: BaseException) -> None:
         """Record why the run stopped; keep a checkpoint of the last finished step unless the learner broke."""
         saved = "nothing new (the newest checkpoint stands)"
         stopped = isinstance(e, (KeyboardInterrupt, SystemExit))  # Ctrl-C, or SIGTERM (see apr.cli.rl)
-        if self.phase not in ("update", "resume", "setup") and self.step > 0 and not stopped:
+        # from the update on, the learner is a step ahead of self.step: saving would replace this step's good
+        # checkpoint with one whose resume repeats the update
+        if self.phase not in ("update", "next_rollout", "sync", "resume", "setup") and self.step > 0 and not stopped:
             try:
                 saved = str(self.save(self.run_dir / "checkpoints" / f"step_{self.step:08d}"))
             except Exception as e2:  # the learner may be gone too
@@ -279,18 +374,7 @@ def run_recipe(cfg: RLConfig) -> dict:
             "optim.warmup_steps": cfg.optim.warmup_steps, "train.steps": cfg.train.steps,
             "train.max_minutes": cfg.train.max_minutes,
             "train.batch_problems": cfg.train.batch_problems, "algo.group_size": cfg.algo.group_size,
-            "seed": cfg.seed}
-
-
-def rollout_metrics(rollouts: list[Rollout], prefix: str) -> dict:
-    """`<prefix>/<name>`: the standard metrics (`apr.scoring.METRICS`), the mean reward, thread lengths."""
-    n = max(len(rollouts), 1)
-    records = [EvalRecord.from_tree(r.problem_index, r.sample_index, r.answer, r.correct, r.tree) for r in rollouts]
-    lengths = [t.num_tokens for r in rollouts for t in r.tree.threads()]
-    return {f"{prefix}/reward": sum(r.reward for r in rollouts) / n,
-            **{f"{prefix}/{k}": v for k, v in score(records).items()},
-            f"{prefix}/thread_len_mean": sum(lengths) / max(len(lengths), 1),
-            f"{prefix}/thread_len_max": max(lengths, default=0)}
+            "train.off_policy_steps": cfg.train.off_policy_steps, "seed": cfg.seed}
 
 
 def _say(msg: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
@@ -97,3 +96,18 @@ def test_deepspeed_learner_in_a_placement_group_matches_one_process(ray_cluster,
     for k in KEYS + ("rl/grad_norm",):  # the torch learner's first step, from a ZeRO-2 learner actor
         assert rows[1][k] == pytest.approx(reference[1][k], rel=1e-4, abs=1e-6), k
     assert (tmp_path / "run" / "final" / "trainer" / "deepspeed" / "policy").is_dir()
+
+
+def test_ray_ref_in_workers_and_off_policy_equal_one_process(ray_cluster, assets, tmp_path):
+    """dist.ref_placement=rollout and train.off_policy_steps=1 on Ray (rollouts as futures overlapping the
+    learner actor's update) give the one-process numbers, even when the worker running step 2's rollouts
+    ahead dies (it is replaced with the weights they were launched on)."""
+    over = {"dist.ref_placement": "rollout", "train.off_policy_steps": 1}
+    one = _run(tmp_path / "one", assets, **{"dist.mode": "none", **over})
+    rows = _run(tmp_path / "ray", assets, **{"dist.mode": "ray_local", "dist.worker_threads": 1,
+                                             "dist.kill_worker_at_step": 1, **over})
+    assert rows[2]["dist/worker_restarts"] >= 1
+    assert [rows[s]["rl/policy_lag"] for s in (1, 2, 3)] == [0, 1, 1]
+    for step, row in rows.items():
+        for k in KEYS:
+            assert row[k] == pytest.approx(one[step][k], rel=1e-5, abs=1e-7), (step, k)
