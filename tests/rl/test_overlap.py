@@ -13,9 +13,10 @@ import torch
 
 from apr.config import ConfigError
 from apr.model import load_checkpoint
-from apr.rl.batch import sequences_from_trees
-from apr.rl.learner import Learner, RefPolicy, batched_logprobs, ref_kwargs
+from apr.rl.learner import Learner, RefPolicy, ref_kwargs
+from apr.rl.logprobs import batched_logprobs
 from apr.rl.rollout import ref_logprobs_of
+from apr.rl.sequences import sequences_from_trees
 from apr.rl.trainer import PENDING_FILE, InProcessCluster, RLError, RLTrainer, shards_of
 from apr.task import load_problems
 from apr.train.metrics import read_metrics
@@ -211,7 +212,7 @@ def test_a_failure_after_the_update_keeps_the_steps_good_checkpoint(tmp_path, as
         RLTrainer(cfg, cluster).fit()
     err = json.loads((tmp_path / "run" / "error.json").read_text())
     assert err["saved"].startswith("nothing new")
-    state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000001" / "learner.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000001" / "trainer" / "learner.pt", weights_only=False)
     assert state["version"] == 1
 
 
