@@ -85,8 +85,8 @@ class OursSide:
     """`RLTrainer(cfg, make_cluster(cfg)).train_step()`, one step per call, phases from its own timers."""
 
     def __init__(self, s: Setup, run_dir: Path) -> None:
+        from apr.cluster import make_cluster
         from apr.config import from_dict
-        from apr.dist import make_cluster
         from apr.rl.config import RLConfig
         from apr.rl.trainer import RLTrainer
 

@@ -200,9 +200,10 @@ class Check:
         return "killed after step 1, relaunched on the same port; step 2 ran and synced to it"
 
     def run_rl(self, weight_sync: str, run_dir: Path) -> dict:
+        from apr.cluster.in_process import InProcessCluster
         from apr.config import from_dict
         from apr.rl.config import RLConfig
-        from apr.rl.trainer import InProcessCluster, RLTrainer
+        from apr.rl.trainer import RLTrainer
         from apr.train.metrics import read_metrics
 
         a = self.args

@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[1] / "apr"
 # (the training core) above `sft`; `scoring` (solve problems and score them, for SFT, RL and eval alike)
 # after the api it drives.
 LAYERS = ["config", "net", "task", "search", "protocol", "tokenizer", "datagen", "model", "train", "sft", "engine",
-          "runtime", "api", "scoring", "rl", "dist", "eval", "cli"]
+          "runtime", "api", "scoring", "rl", "cluster", "eval", "cli"]
 # runtime/ and engine/ know token ids, not Countdown.
 FORBIDDEN = {"engine": {"task", "search", "tokenizer", "datagen"}, "runtime": {"task", "search", "datagen"}}
-HEAVY_ONLY_IN = {"ray": {"dist", "cli"}, "deepspeed": {"train", "cli"}}
+HEAVY_ONLY_IN = {"ray": {"cluster", "cli"}, "deepspeed": {"train", "cli"}}
 
 
 def layer_of(path: Path) -> str:

@@ -40,8 +40,8 @@ def preflight(c: dict) -> None:
 
 def run(c: dict) -> dict:
     """Train from a resolved config dict (what Hydra composed); returns the run's summary."""
+    from apr.cluster import make_cluster
     from apr.config import from_dict
-    from apr.dist import make_cluster
     from apr.rl.config import RLConfig
     from apr.rl.trainer import RLTrainer, check_inputs
 

@@ -218,7 +218,6 @@ class DistConfig:
     bucket_mb: float = 32.0  # weight sync: parameters per object-store bucket
     max_worker_restarts: int = 3  # per step: a dead rollout worker is replaced and its share re-run
     call_timeout_s: float = 3600.0  # any remote call longer than this fails the run (never hangs)
-    kill_worker_at_step: int | None = None  # fault injection (tests): worker 0 dies mid-rollout at this step
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def __post_init__(self) -> None:

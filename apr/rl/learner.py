@@ -1,6 +1,6 @@
 """The learner: the policy (and PPO's critic) with their optimizers, one update per RL step; the reference.
 
-Runs in-process (`dist=none`) or inside a Ray actor (`apr.dist`). An update takes the step's
+Runs in-process (`dist=none`) or inside a Ray actor (`apr.cluster`). An update takes the step's
 token-exact `SequenceBatch`, runs `train.inner_steps` optimizer steps over it in micro-batches of at
 most `train.micro_batch_tokens` padded tokens (gradients accumulate; losses are normalised by the
 whole batch's denominator, so micro-batching does not change the step), and bumps the policy version.

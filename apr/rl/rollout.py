@@ -1,6 +1,6 @@
 """Rollouts for RL: a worker (an engine + the APR runtime) that turns problems into scored thread trees.
 
-The same class runs in-process (`dist=none`) and inside a Ray actor (`apr.dist`). What it returns
+The same class runs in-process (`dist=none`) and inside a Ray actor (`apr.cluster`). What it returns
 is token-exact: each `Rollout` carries the runtime's `ThreadTree` (ids, generated-mask, sampled
 log-probs per thread), the reward and the policy version the engine held; with `dist.ref_placement=rollout`
 the worker also holds the frozen reference and returns its log-probs of every thread.
@@ -239,15 +239,11 @@ class RolloutWorker:
 
     # ---- rollouts ---------------------------------------------------------------------------------
     def rollout(self, problems: list[Problem], num_samples: int, seed: int, first_index: int = 0,
-                temperature: float | None = None, die_after_s: float | None = None,
-                with_ref: bool = False) -> list[Rollout]:
+                temperature: float | None = None, with_ref: bool = False) -> list[Rollout]:
         """`num_samples` trees per problem (prompt-major), scored with the task reward.
 
-        `first_index` numbers the problems within the step's batch; `die_after_s` (fault injection
-        for tests) kills this process that many seconds into the call; `with_ref`: the worker's
+        `first_index` numbers the problems within the step's batch; `with_ref`: the worker's
         reference scores every thread too (`Rollout.ref_logprobs`)."""
-        if die_after_s is not None:
-            _die_later(die_after_s)
         limits = {"seed": seed} if temperature is None else {"seed": seed, "temperature": temperature}
         results = self.reasoner.solve_batch(problems, num_samples=num_samples, condition=self.condition,
                                             require_eos=self.algo.require_eos, **limits)
@@ -305,8 +301,3 @@ class RolloutWorker:
     def ping(self) -> int:
         return os.getpid()
 
-
-def _die_later(seconds: float) -> None:
-    import threading
-
-    threading.Timer(seconds, lambda: os._exit(17)).start()

@@ -12,10 +12,10 @@ update; `next_rollout` collects them before `sync`. They are one update old when
 (`rl/policy_lag` 1, checked never above the setting), the PPO ratio against their sampled log-probs.
 Checkpoints keep them (`pending_rollouts.pkl`), so a resume is exact.
 
-The cluster is `InProcessCluster` here (`dist=none`) or `apr.dist.RayCluster` (`dist=ray_local`,
-`ray_cluster`); both have the same methods, so the loop is the same code for both.
+The cluster is any `apr.cluster.Cluster`: `InProcessCluster` (`dist=none`) or `RayCluster`
+(`dist=ray_local`, `ray_cluster`); the loop is the same code for both.
 
-    >>> # trainer = RLTrainer(cfg, InProcessCluster(cfg)); summary = trainer.fit()
+    >>> # trainer = RLTrainer(cfg, make_cluster(cfg)); summary = trainer.fit()   # apr.cluster.make_cluster
 """
 
 from __future__ import annotations
@@ -30,16 +30,12 @@ from apr.config import ConfigError, to_dict
 from apr.model.integrity import check_checkpoint, files_fingerprint, weights_hash
 from apr.rl.algos import CREDIT
 from apr.rl.config import RLConfig
-from apr.rl.learner import Learner, RefPolicy, ref_kwargs
 from apr.rl.rollout import (
     ProblemStream,
     Rollout,
-    RolloutWorker,
     ref_logprobs_of,
     rollout_metrics,
     rollout_seed,
-    worker_device,
-    worker_engine_config,
 )
 from apr.rl.sequences import advantage_params, sequences_from_trees
 from apr.task import load_problems, problems_path
@@ -61,66 +57,6 @@ def shards_of(problems: list, num_workers: int, seed: int, step: int) -> list[tu
     k = min(num_workers, n)
     bounds = [round(i * n / k) for i in range(k + 1)]
     return [(problems[a:b], rollout_seed(seed, step, a), a) for a, b in zip(bounds, bounds[1:])]
-
-
-class InProcessCluster:
-    """`dist=none`: the rollout workers, learner and reference all live in this process (for debugging).
-
-    The reference sits beside the learner (`dist.ref_placement=learner`, on the learner's device) or
-    in every rollout worker (`rollout`, on the worker's engine device)."""
-
-    def __init__(self, cfg: RLConfig) -> None:
-        self.cfg = cfg
-        self.learner = Learner(cfg)
-        self.ref_in_workers = cfg.uses_ref and cfg.dist.ref_placement == "rollout"
-        self.ref = None
-        if cfg.uses_ref and not self.ref_in_workers:
-            self.ref = RefPolicy(**ref_kwargs(cfg, str(self.learner.device)))
-        n = cfg.dist.num_rollout_workers
-        engines = [worker_engine_config(cfg.engine, i, n) for i in range(n)]
-        self.workers = [RolloutWorker(cfg.init, cfg.rollout, cfg.algo, cfg.data.condition, engine=e,
-                                      ref=ref_kwargs(cfg, worker_device(e)) if self.ref_in_workers else None)
-                        for e in engines]
-        self.num_workers = len(self.workers)
-        self.restarts = 0
-
-    def rollout(self, shards: list[SHARD], num_samples: int, temperature: float | None = None,
-                step: int | None = None) -> list[Rollout]:
-        out: list[Rollout] = []
-        with_ref = self.ref_in_workers and temperature is None  # training rollouts (not greedy evaluation)
-        for worker, (problems, seed, first) in zip(self.workers, shards):
-            out += worker.rollout(problems, num_samples, seed, first, temperature, with_ref=with_ref)
-        return out
-
-    def launch_rollout(self, shards: list[SHARD], num_samples: int, step: int | None = None) -> list[Rollout]:
-        """Start a step's rollouts on the weights the workers hold now (in process: run them now)."""
-        return self.rollout(shards, num_samples, step=step)
-
-    def collect_rollouts(self, launched: list[Rollout]) -> list[Rollout]:
-        """The rollouts `launch_rollout` started."""
-        return launched
-
-    def ref_logprobs(self, batch):
-        return self.ref.logprobs(batch)
-
-    def update(self, batch, ref_logprobs):
-        return self.learner.update(batch, ref_logprobs)
-
-    def sync_weights(self) -> int:
-        buckets = self.learner.export_weights(self.cfg.dist.bucket_mb)
-        for w in self.workers:
-            w.set_weights(buckets, self.learner.version)
-        return self.learner.version
-
-    def save(self, path: Path) -> None:
-        self.learner.save(path)
-
-    def load(self, path: Path) -> int:
-        return self.learner.load(path)
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.close()
 
 
 class RLTrainer:

@@ -98,7 +98,7 @@ def test_rl_ray_cluster_without_a_cluster(tmp_path, assets, monkeypatch):
     # `auto` with no cluster: Ray's ConnectionError becomes the same line
     import ray
 
-    from apr.dist import ray_cluster
+    from apr.cluster import ray_cluster
 
     def no_cluster(**kwargs):
         raise ConnectionError("Could not find any running Ray instance.")

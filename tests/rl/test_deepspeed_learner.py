@@ -11,10 +11,11 @@ import torch
 
 pytest.importorskip("deepspeed")
 
+from apr.cluster.in_process import InProcessCluster
 from apr.model import load_checkpoint  # noqa: E402
 from apr.rl.learner import Learner  # noqa: E402
 from apr.rl.sequences import sequences_from_trees  # noqa: E402
-from apr.rl.trainer import InProcessCluster, RLTrainer  # noqa: E402
+from apr.rl.trainer import RLTrainer  # noqa: E402
 from apr.train.metrics import read_metrics  # noqa: E402
 from tests.rl._setup import make_checkpoint, make_data, rl_config  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Issue 14, item 5: a faster RL step. The reference inside the rollout workers (dist.ref_placement), a bf16
 learner where native (train.precision=auto), one-step off-policy rollouts (train.off_policy_steps); in one
-process (the Ray side is in tests/dist/test_ray_rl.py)."""
+process (the Ray side is in tests/cluster/test_ray_rl.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import sys
 import pytest
 import torch
 
+from apr.cluster.in_process import InProcessCluster
 from apr.config import ConfigError
 from apr.model import load_checkpoint
 from apr.rl.learner import Learner, RefPolicy, ref_kwargs
 from apr.rl.logprobs import batched_logprobs
 from apr.rl.rollout import ref_logprobs_of
 from apr.rl.sequences import sequences_from_trees
-from apr.rl.trainer import PENDING_FILE, InProcessCluster, RLError, RLTrainer, shards_of
+from apr.rl.trainer import PENDING_FILE, RLError, RLTrainer, shards_of
 from apr.task import load_problems
 from apr.train.metrics import read_metrics
 from tests.rl._setup import make_checkpoint, make_data, rl_config

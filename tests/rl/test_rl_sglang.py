@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from apr.rl.trainer import InProcessCluster, RLTrainer
+from apr.cluster.in_process import InProcessCluster
+from apr.rl.trainer import RLTrainer
 from apr.train.metrics import read_metrics
 from tests.engine.sglang_standin import Standin
 from tests.rl._setup import make_assets, rl_config

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
+from apr.cluster.in_process import InProcessCluster
 from apr.config import ConfigError
-from apr.rl.trainer import InProcessCluster, RLTrainer
+from apr.rl.trainer import RLTrainer
 from apr.train.metrics import read_metrics
 from tests.rl._setup import make_checkpoint, make_data, rl_config
 

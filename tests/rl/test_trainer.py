@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+from apr.cluster.in_process import InProcessCluster
 from apr.config import ConfigError
 from apr.model import load_checkpoint
-from apr.rl.trainer import InProcessCluster, RLError, RLTrainer
+from apr.rl.trainer import RLError, RLTrainer
 from apr.train.metrics import read_metrics
 from tests.rl._setup import make_checkpoint, make_data, rl_config
 

@@ -4,12 +4,11 @@ plain torch and DeepSpeed ZeRO-2, and exact resume; the batch sharding and the c
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
+from apr.cluster import make_cluster
 from apr.config import ConfigError
-from apr.dist import make_cluster
 from apr.rl.batch import shard_rows
 from apr.rl.trainer import RLTrainer
 from apr.train.metrics import read_metrics
@@ -93,10 +92,10 @@ def test_deepspeed_learners_with_uneven_micro_batches_equal_one(ray_cluster, ass
     """Rank 0 gets one row, rank 1 the rest, a micro-batch per row: rank 0 repeats a weight-0 micro-batch
     so that ZeRO-2's per-backward reductions stay matched, and the step is still one learner's."""
     pytest.importorskip("deepspeed")
-    from apr.dist.ray_cluster import RayCluster
+    from apr.cluster.ray_cluster import RayCluster
     from apr.rl.algos import aggregation_denominator
-    from apr.rl.sequences import sequences_from_trees
     from apr.rl.learner import Learner
+    from apr.rl.sequences import sequences_from_trees
     from apr.task import load_problems
 
     init, data = assets

@@ -44,12 +44,12 @@ import ray
 import torch
 
 from apr.config import ConfigError
+from apr.net import free_port
 from apr.rl.algos import aggregation_denominator
 from apr.rl.batch import shard_rows
 from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy, ref_kwargs
 from apr.rl.rollout import Rollout, RolloutWorker, worker_device, worker_engine_config
-from apr.net import free_port
 from apr.train import collectives
 from apr.train.device import select_device
 
@@ -227,7 +227,7 @@ class RayCluster:
     def _get(self, ref):
         return ray.get(ref, timeout=self.timeout)
 
-    # ---- the cluster interface (see apr.rl.trainer.InProcessCluster) ------------------------------------
+    # ---- the cluster interface (see apr.cluster.in_process.InProcessCluster) ------------------------------------
     def rollout(self, shards: list[tuple], num_samples: int, temperature: float | None = None,
                 step: int | None = None) -> list[Rollout]:
         return self.collect_rollouts(self.launch_rollout(shards, num_samples, step, temperature))
@@ -237,17 +237,14 @@ class RayCluster:
         """Start every worker on its shard (on the weights it holds now); returns the handle that
         `collect_rollouts` waits on. Training rollouts (`temperature` None) carry the workers' reference
         log-probs with `dist.ref_placement=rollout`."""
-        d = self.cfg.dist
-        inject = d.kill_worker_at_step is not None and step == d.kill_worker_at_step
         call = (shards, num_samples, temperature)
-        return call, {i: self._call(call, i, die=inject and i == 0) for i in range(len(shards))}
+        return call, {i: self._call(call, i) for i in range(len(shards))}
 
-    def _call(self, call: tuple, i: int, die: bool = False):
+    def _call(self, call: tuple, i: int):
         shards, num_samples, temperature = call
         problems, seed, first = shards[i]
         with_ref = self.ref_in_workers and temperature is None
-        return self.workers[i].rollout.remote(problems, num_samples, seed, first, temperature,
-                                              0.0 if die else None, with_ref)
+        return self.workers[i].rollout.remote(problems, num_samples, seed, first, temperature, with_ref)
 
     def collect_rollouts(self, launched: tuple) -> list[Rollout]:
         """The rollouts of a `launch_rollout`: a worker that died is replaced (with the weights of the

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from apr.dist import make_cluster
+from apr.cluster import make_cluster
 from apr.rl.trainer import RLTrainer
 from apr.train.metrics import read_metrics
 from tests.rl._setup import make_assets, rl_config
@@ -21,10 +21,28 @@ def assets(tmp_path_factory, tokenizer):
     return make_assets(tokenizer, tmp_path_factory.mktemp("ray_assets"))
 
 
-def _run(tmp, assets, **over):
+def killing_cluster(cfg, kill_at_step: int):
+    """Fault injection (tests only, not a config field): rollout worker 0 is killed while it runs step
+    `kill_at_step`'s rollouts, once."""
+    from apr.cluster.ray_cluster import RayCluster
+
+    class WorkerKillingCluster(RayCluster):
+        killed = False
+
+        def launch_rollout(self, shards, num_samples, step=None, temperature=None):
+            launched = super().launch_rollout(shards, num_samples, step, temperature)
+            if step == kill_at_step and not self.killed:
+                self.killed = True
+                ray.kill(self.workers[0], no_restart=True)  # its call is in flight: collect sees it die
+            return launched
+
+    return WorkerKillingCluster(cfg)
+
+
+def _run(tmp, assets, kill_at_step: int | None = None, **over):
     init, data = assets
     cfg = rl_config(tmp, init, data, **{"dist.num_rollout_workers": 2, "rollout.eval_problems": 0, **over})
-    RLTrainer(cfg, make_cluster(cfg)).fit()
+    RLTrainer(cfg, make_cluster(cfg) if kill_at_step is None else killing_cluster(cfg, kill_at_step)).fit()
     return {r["step"]: r for r in read_metrics(tmp / "run") if "rl/loss" in r}
 
 
@@ -35,8 +53,7 @@ def reference(tmp_path_factory, assets):
 
 
 def test_ray_run_equals_one_process_and_survives_a_killed_worker(ray_cluster, reference, assets, tmp_path):
-    rows = _run(tmp_path, assets, **{"dist.mode": "ray_local", "dist.kill_worker_at_step": 1,
-                                     "dist.worker_threads": 1})
+    rows = _run(tmp_path, assets, kill_at_step=1, **{"dist.mode": "ray_local", "dist.worker_threads": 1})
     assert sorted(rows) == [1, 2, 3]
     assert rows[2]["dist/worker_restarts"] >= 1  # worker 0 died during step 1's rollout and was replaced
     for step, row in rows.items():
@@ -60,7 +77,7 @@ def test_placement_group_reserves_a_bundle_per_actor(ray_cluster, assets, tmp_pa
     the group is removed when the cluster closes."""
     from ray.util import placement_group_table
 
-    from apr.dist.ray_cluster import RayCluster
+    from apr.cluster.ray_cluster import RayCluster
     from apr.task import load_problems
 
     init, data = assets
@@ -80,7 +97,7 @@ def test_placement_group_reserves_a_bundle_per_actor(ray_cluster, assets, tmp_pa
 
 
 def test_placement_group_that_cannot_be_granted_fails_clearly(ray_cluster, assets, tmp_path):
-    from apr.dist.ray_cluster import RayCluster
+    from apr.cluster.ray_cluster import RayCluster
 
     init, data = assets
     cfg = rl_config(tmp_path, init, data, **{"dist.mode": "ray_local", "dist.num_rollout_workers": 2,
@@ -104,8 +121,8 @@ def test_ray_ref_in_workers_and_off_policy_equal_one_process(ray_cluster, assets
     ahead dies (it is replaced with the weights they were launched on)."""
     over = {"dist.ref_placement": "rollout", "train.off_policy_steps": 1}
     one = _run(tmp_path / "one", assets, **{"dist.mode": "none", **over})
-    rows = _run(tmp_path / "ray", assets, **{"dist.mode": "ray_local", "dist.worker_threads": 1,
-                                             "dist.kill_worker_at_step": 1, **over})
+    rows = _run(tmp_path / "ray", assets, kill_at_step=1, **{"dist.mode": "ray_local", "dist.worker_threads": 1,
+                                                             **over})
     assert rows[2]["dist/worker_restarts"] >= 1
     assert [rows[s]["rl/policy_lag"] for s in (1, 2, 3)] == [0, 1, 1]
     for step, row in rows.items():
