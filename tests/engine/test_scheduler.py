@@ -19,6 +19,13 @@ def check_invariants(engine) -> None:
         assert seq.slot is None or kv.owner[seq.slot] is seq
     held = [s for s in kv.owner if s is not None]
     assert len(held) == len({id(s) for s in held})
+    lanes = engine.lanes  # exactly the running sequences hold lanes, and the lanes agree with them
+    assert lanes.num_live == len(sched.running) == int(lanes.is_live.sum())
+    for seq in sched.running:
+        assert seq.lanes is lanes and lanes.seqs[seq.lane] is seq
+        assert lanes.position[seq.lane] == seq.num_cached == seq.num_tokens - 1
+        assert lanes.next_token[seq.lane] == seq.token_ids[-1]
+        assert lanes.num_generated[seq.lane] == seq.num_generated
 
 
 def greedy_is_exact(model, context: list[int], output: list[int]) -> bool:
