@@ -5,7 +5,7 @@ Module map (each owns one thing):
 - `local`: LocalEngine, the step loop (continuous batching); `local_config`: LocalEngineConfig
 - `scheduler`: waiting queue, running batch, suspended sequences, slot placement, eviction
 - `sequence`: the per-sequence state object and its status enum
-- `lanes`: the running sequences' per-step state as whole-batch arrays (inputs, draws, finish rules)
+- `rows`: the running batch's per-step state as whole-batch arrays (inputs, draws, finish rules, history)
 - `kv_cache`: the preallocated KV pool (one slot per live sequence)
 - `llama`: functional Llama forward over the HF model's weights and the pool
 - `sampler`: batch-invariant greedy / temperature / top-k / top-p sampling; counter-based seeded draws

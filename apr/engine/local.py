@@ -4,9 +4,10 @@ One `step` = admit queued requests and prefill them in one padded forward (their
 is sampled from it) + one decode forward for every sequence already running. Finished
 requests leave the batch at the end of the step; queued ones join at the next.
 
-Per-step host work does not grow with the batch: the running sequences' state lives in `Lanes`
-arrays, sampling runs on the logits' device for the whole batch, and one device -> host transfer
-brings back every token and log-prob; only sequences that join, finish or move cost Python.
+Per-step host work does not grow with the batch: the running sequences' state lives in
+`RunningRows` arrays (row i = running[i] = KV slot i), sampling runs on the logits' device for the
+whole batch, and one device -> host transfer brings back every token and log-prob; only
+sequences that join, finish or move cost Python.
 
     >>> from apr.model.config import ModelConfig, build_model
     >>> from apr.engine.base import Request, SamplingParams
@@ -30,10 +31,10 @@ from apr.engine import kv_budget
 from apr.engine.base import Completion, EngineStats, FinishReason, Request, validate_request
 from apr.engine.cuda_graph import StaticDecode
 from apr.engine.kv_cache import KVCache
-from apr.engine.lanes import Lanes
 from apr.engine.llama import ForwardBatch, LlamaRunner
 from apr.engine.local_config import DTYPES, LocalEngineConfig, check_device_available
-from apr.engine.sampler import Sampled, fetch, sample, to_device
+from apr.engine.rows import RunningRows
+from apr.engine.sampler import Sampled, SampleRows, fetch, sample, to_device
 from apr.engine.scheduler import Scheduler
 from apr.engine.sequence import SeqStatus, Sequence
 
@@ -65,9 +66,9 @@ class LocalEngine:
         self.kv = KVCache(mcfg.num_hidden_layers, mcfg.num_key_value_heads, head_dim, dtype, self.device,
                           positions, config.max_seq_len, max_slots=config.num_slots)
         self.runner = LlamaRunner(self.model, self.kv, compile=config.compile)
-        self.lanes = Lanes(config.max_batch_size, config.max_seq_len)
+        self.rows = RunningRows(config.max_batch_size, config.max_seq_len)
         self.scheduler = Scheduler(self.kv, config.max_batch_size, config.max_prefill_tokens,
-                                   self.lanes.max_num_tokens)
+                                   lambda: self.rows.max_num_tokens(len(self.scheduler.running)))
         # CUDA-graph decode: not with torch.compile (its dynamic-shape code is not captured here)
         is_graphed = config.cuda_graphs and self.device.type == "cuda" and not config.compile
         self.static_decode = StaticDecode(self.runner, self.kv, config.max_batch_size, True) if is_graphed else None
@@ -127,26 +128,11 @@ class LocalEngine:
             for seq in aborted:
                 seq.finish_reason = FinishReason.ABORT
             completions += [self._end(s) for s in aborted]
-            self.scheduler.retire(aborted)
+            self.rows.move(self.scheduler.retire(aborted))
             for seq in self.scheduler.make_room():  # preempted: recomputed later, out of the batch now
-                self.lanes.detach(seq)
+                self.rows.detach(seq)
             self._maybe_regroup_rows()
-            decoding = self._running_lanes()  # (B,) the rows already running decode this step
-            groups = self.scheduler.admit()
-            prefilled, parts = [], []
-            if groups:
-                prefilled, sampled = self._prefill(groups)
-                parts.append(sampled)
-            if len(decoding):
-                parts.insert(0, self._decode(decoding))
-            if parts:
-                tokens, logprobs = fetch(parts)  # the step's one device -> host transfer
-                self._read_timers()
-                self.stats.num_generated_tokens += len(tokens)
-                done = self.lanes.record(decoding, prefilled, tokens, logprobs)
-                done.sort(key=lambda s: s.slot)  # completions in row order
-                completions += [self._end(s) for s in done]
-                self.scheduler.retire(done)
+            completions += self._advance()
         self.stats.num_steps += 1
         self.stats.num_evictions = self.scheduler.num_evictions
         self.stats.num_preemptions = self.scheduler.num_preemptions
@@ -217,17 +203,35 @@ class LocalEngine:
         """A sample's effective seed: the request's plus its index, or a draw from the engine's seed."""
         return self._seed_rng.getrandbits(63) if seed is None else seed + index
 
-    def _running_lanes(self) -> np.ndarray:
-        return self.lanes.rows_of(self.scheduler.running, self.scheduler.version)  # (B,)
-
     def _end(self, seq: Sequence) -> Completion:
         """Mark a sequence leaving the batch as suspended (KV kept) or finished."""
-        if seq.lanes is not None:
-            self.lanes.detach(seq)
+        if seq.rows is not None:
+            self.rows.detach(seq)
         keep = seq.keep_cache and seq.finish_reason != FinishReason.ABORT
         seq.status = SeqStatus.SUSPENDED if keep else SeqStatus.FINISHED
         self._active.discard(seq.seq_id)
         return seq.to_completion()
+
+    def _advance(self) -> list[Completion]:
+        """Admit, prefill and decode; sample every row; one transfer; record, and retire what finished."""
+        num_old = len(self.scheduler.running)  # rows [0, num_old) decode; admitted ones follow
+        self.rows.begin_step(num_old)
+        # rows [0, num_old)'s sampling rows and longest row, before admission adds rows
+        decoding = self.rows.sample_rows(0, num_old, is_all=True) if num_old else None
+        max_kv_len = self.rows.max_num_tokens(num_old)
+        groups = self.scheduler.admit()
+        parts = [self._prefill(groups, num_old)] if groups else []
+        if num_old:
+            parts.insert(0, self._decode(num_old, decoding, max_kv_len))
+        if not parts:
+            return []
+        tokens, logprobs = fetch(parts)  # the step's one device -> host transfer
+        self._read_timers()
+        self.stats.num_generated_tokens += len(tokens)
+        done = self.rows.record(num_old, len(self.scheduler.running), tokens, logprobs)
+        completions = [self._end(s) for s in done]
+        self.rows.move(self.scheduler.retire(done))
+        return completions
 
     def _forward(self, batch: ForwardBatch | None, decode: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> torch.Tensor:
@@ -259,8 +263,8 @@ class LocalEngine:
             self.stats.forward_s += begin.elapsed_time(end) / 1e3
         self._timers = []
 
-    def _prefill(self, groups: list[list[Sequence]]) -> tuple[list[Sequence], Sampled]:
-        """Prefill the admitted groups in one forward; their sequences join the lanes, their first tokens are sampled."""
+    def _prefill(self, groups: list[list[Sequence]], start: int) -> Sampled:
+        """Prefill the admitted groups (now rows [start, ...)) in one forward; sample their first tokens."""
         leaders = [g[0] for g in groups]
         lengths = [s.num_pending for s in leaders]
         width = max(lengths)
@@ -277,7 +281,8 @@ class LocalEngine:
                              (torch.tensor(lengths) - 1).to(self.device), valid.to(self.device))
         logits = self._forward(batch)  # (k, V)
         self.stats.num_prefill_tokens += sum(lengths)
-        rows, seqs = [], []
+        # batch rows: the leaders (in group order), then every group's followers (`Scheduler._place`)
+        rows = list(range(len(groups)))
         for r, group in enumerate(groups):
             leader = group[0]
             if not leader.output_ids:  # else a preempted sequence, recomputed mid-request: counts stand
@@ -287,13 +292,14 @@ class LocalEngine:
             for follower in group[1:]:  # n samples: share the prompt KV instead of recomputing it
                 self.kv.copy(leader.slot, follower.slot, leader.num_tokens)
                 follower.num_cached = follower.num_cached_at_start = leader.num_tokens
-            rows += [r] * len(group)
-            seqs += group
+            rows += [r] * (len(group) - 1)
+        seqs = self.scheduler.running[start:]
         cached = sum(s.num_cached_at_start for s in seqs if not s.output_ids)  # not a preempted one again
         self.stats.num_cached_tokens += cached
-        if rows != list(range(len(rows))):
+        if len(rows) > len(groups):
             logits = logits[torch.tensor(rows, device=self.device)]  # (N, V): followers reuse their leader's row
-        return seqs, sample(logits, self.lanes.sample_rows(self.lanes.attach(seqs)))
+        self.rows.attach(seqs, start)
+        return sample(logits, self.rows.sample_rows(start, start + len(seqs)))
 
     def _chunks(self, kv_lens: list[int]) -> list[tuple[int, int, int]]:
         rows = self.config.attention_chunk_rows or len(kv_lens)
@@ -309,7 +315,7 @@ class LocalEngine:
         running = self.scheduler.running
         if not rows or len(running) <= rows or self.static_decode is not None:  # graphs read whole rows
             return
-        lens = (self.lanes.position[self._running_lanes()] + 1).tolist()  # cached + the pending token
+        lens = (self.rows.position[:len(running)] + 1).tolist()  # cached + the pending token
         now = sum((b - a) * n for a, b, n in self._chunks(lens))
         best = sum((b - a) * n for a, b, n in self._chunks(sorted(lens, reverse=True)))
         if now - best < 0.05 * best:
@@ -317,23 +323,24 @@ class LocalEngine:
         sources, num_moved = self.scheduler.plan_regroup(rows, lens)
         if 8 * (now - best) > 2 * num_moved * max(lens):
             self.scheduler.regroup(sources)
+            self.rows.permute(sources)
             self.stats.num_regroups += 1
 
-    def _decode(self, lanes: np.ndarray) -> Sampled:
-        """One decode forward for the running rows [0, B) (their `lanes`); sample their next tokens."""
-        num = len(lanes)
+    def _decode(self, num: int, rows: SampleRows, max_kv_len: int) -> Sampled:
+        """One decode forward for the running rows [0, num) (longest: max_kv_len); sample with `rows`."""
         self.stats.num_decode_tokens += num
-        last, pos = self.lanes.decode_inputs(lanes)  # (B,) each
+        last, pos = self.rows.inputs(num)  # (B,) each
         if self.static_decode is not None and self.static_decode.can_run(num):
-            return sample(self._forward(None, (last, pos)), self.lanes.sample_rows(lanes))  # (B, V) logits
-        ids = to_device(last, self.device).view(num, 1)  # (B, 1)
-        positions = to_device(pos, self.device).view(num, 1)  # (B, 1)
+            return sample(self._forward(None, (last, pos)), rows)  # (B, V) logits
+        ids = to_device(last, self.device)[:, None]  # (B, 1)
+        positions = to_device(pos, self.device)[:, None]  # (B, 1)
         kv_len = positions[:, 0] + 1  # (B,)
-        max_kv_len = int(pos.max()) + 1
-        chunks = self._chunks((pos + 1).tolist())
-        # extra attention calls cost ~10 us each: chunk only when it skips >10% of the KV reads
-        is_worth = sum((b - a) * n for a, b, n in chunks) < 0.9 * num * max_kv_len
+        chunks = None
+        if 0 < self.config.attention_chunk_rows < num:
+            chunks = self._chunks((pos + 1).tolist())
+            # extra attention calls cost ~10 us each: chunk only when it skips >10% of the KV reads
+            if sum((b - a) * n for a, b, n in chunks) >= 0.9 * num * max_kv_len:
+                chunks = None
         batch = ForwardBatch(ids, positions, 0, kv_len, max_kv_len,
-                             torch.zeros(num, dtype=torch.long, device=self.device),
-                             chunks=chunks if len(chunks) > 1 and is_worth else None)
-        return sample(self._forward(batch), self.lanes.sample_rows(lanes))  # (B, V) logits
+                             torch.zeros(num, dtype=torch.long, device=self.device), chunks=chunks)
+        return sample(self._forward(batch), rows)  # (B, V) logits

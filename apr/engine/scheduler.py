@@ -36,8 +36,7 @@ class Scheduler:
         self.num_evictions = 0
         self.num_preemptions = 0
         self.num_steps = 0
-        self.version = 0  # changes whenever `running` does (the engine caches per-row arrays on it)
-        # the longest running sequence's token count; the engine's lanes answer it without a loop
+        # the longest running sequence's token count; the engine's per-row arrays answer it without a loop
         self.max_running_tokens = max_running_tokens or (
             lambda: max((s.num_tokens for s in self.running), default=0))
 
@@ -108,9 +107,7 @@ class Scheduler:
             seq.status = SeqStatus.WAITING
             self.waiting.appendleft([seq])
             self.num_preemptions += 1
-        if preempted:
-            del self.running[num_slots:]
-            self.version += 1
+        del self.running[num_slots:]
         self._resize(row_len)
         return preempted
 
@@ -152,7 +149,6 @@ class Scheduler:
             self._take_row(seq, start + i)
             seq.status = SeqStatus.RUNNING
         self.running.extend(order)
-        self.version += 1
 
     def _take_row(self, seq: Sequence, row: int) -> None:
         occupant = self.kv.owner[row]
@@ -177,14 +173,15 @@ class Scheduler:
 
     # ---- retirement ------------------------------------------------------------------------
 
-    def retire(self, done: list[Sequence]) -> None:
+    def retire(self, done: list[Sequence]) -> list[tuple[Sequence, int, int]]:
         """Take ended sequences out of the batch; each is already marked SUSPENDED or FINISHED.
 
         The running sequences in the last len(done) rows fill the rows freed below them, in row
-        order: work in proportion to len(done), not to the batch.
+        order: work in proportion to len(done), not to the batch. Returns those moves as
+        (sequence, from row, to row), for state the engine keeps per row.
         """
         if not done:
-            return
+            return []
         gone = {id(s) for s in done}
         size = len(self.running) - len(done)
         holes = sorted(s.slot for s in done if s.slot < size)  # running rows == slots
@@ -196,11 +193,13 @@ class Scheduler:
             else:
                 self.kv.free(seq.slot)
                 seq.slot = None
+        moves = []
         for seq, hole in zip(movers, holes):
+            moves.append((seq, seq.slot, hole))
             self._swap(seq.slot, hole)
             self.running[hole] = seq
         del self.running[size:]
-        self.version += 1
+        return moves
 
     def plan_regroup(self, rows_per_chunk: int, lengths: list[int]) -> tuple[list[int], int]:
         """Row sources that put the batch's longest sequences in chunk 0, the next ones in chunk 1, ...
@@ -229,7 +228,6 @@ class Scheduler:
         self.running = [self.running[src] for src in sources]
         for row, seq in enumerate(self.running):
             seq.slot = row
-        self.version += 1
 
     def release(self, seq_id: str) -> Sequence:
         seq = self.suspended.pop(seq_id)

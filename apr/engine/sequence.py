@@ -5,8 +5,8 @@ SUSPENDED (KV kept in its slot) and a later request with `resume_id` adopts it. 
 sampled token of a suspended sequence is *pending*: like every decoding step it is fed
 to the model only when the sequence next runs.
 
-While it runs, its decode steps are recorded in the engine's `Lanes` (whole-batch array ops,
-no Python per sequence and step) and copied in when read: `token_ids`, `output_ids`, `logprobs`
+While it runs, its decode steps are recorded in the engine's `RunningRows` (whole-batch array
+ops, no Python per sequence and step) and copied in when read: `token_ids`, `output_ids`, `logprobs`
 and `num_cached` are always current.
 
     >>> s = Sequence("a", [2, 5, 9], None, keep_cache=False, seed=0)
@@ -43,8 +43,8 @@ class Sequence:
         self.status = SeqStatus.WAITING
         self.slot: int | None = None
         self._num_cached = 0  # leading positions of token_ids whose KV is in the slot
-        self.lanes = None  # the engine's `Lanes` while running (it holds decode steps not yet copied here)
-        self.lane = -1
+        self.rows = None  # the engine's `RunningRows` while running (it holds decode steps not yet copied here)
+        self.row = -1  # its row there (== slot, except in the middle of a move)
         # the current request
         self.request_id = request_id  # the Request's own id (== seq_id unless n > 1)
         self.is_continuation = False  # the current request resumed this sequence
@@ -58,36 +58,36 @@ class Sequence:
         self.first_token_time = float("nan")
         self.last_used = 0  # step count when it last ran (eviction picks the least recent)
 
-    # ---- state recorded by `Lanes` while running: copied in on read ------------------------
+    # ---- state recorded by `RunningRows` while running: copied in on read ------------------------
 
     @property
     def token_ids(self) -> list[int]:
-        if self.lanes is not None:
-            self.lanes.pull(self)
+        if self.rows is not None:
+            self.rows.pull(self)
         return self._token_ids
 
     @property
     def output_ids(self) -> list[int]:
-        if self.lanes is not None:
-            self.lanes.pull(self)
+        if self.rows is not None:
+            self.rows.pull(self)
         return self._output_ids
 
     @property
     def logprobs(self) -> list[float]:
-        if self.lanes is not None:
-            self.lanes.pull(self)
+        if self.rows is not None:
+            self.rows.pull(self)
         return self._logprobs
 
     @property
     def num_cached(self) -> int:
-        if self.lanes is not None:
-            self.lanes.pull(self)
+        if self.rows is not None:
+            self.rows.pull(self)
         return self._num_cached
 
     @num_cached.setter
     def num_cached(self, value: int) -> None:
-        if self.lanes is not None:
-            self.lanes.pull(self)
+        if self.rows is not None:
+            self.rows.pull(self)
         self._num_cached = value
 
     @property
@@ -122,8 +122,8 @@ class Sequence:
         self.first_token_time = float("nan")
 
     def append_sampled(self, token: int, logprob: float) -> None:
-        """Record a token sampled from a prefill's logits (finish rules: `Lanes.finish_codes`)."""
-        out = self._output_ids  # not the property: the lanes hold nothing of this token
+        """Record a token sampled from a prefill's logits (finish rules: `RunningRows.record`)."""
+        out = self._output_ids  # not the property: the rows hold nothing of this token
         if not out:
             self.first_token_time = time.perf_counter()
         self._token_ids.append(token)
@@ -131,7 +131,7 @@ class Sequence:
         self._logprobs.append(logprob)
 
     def extend_decoded(self, tokens: list[int], logprobs: list[float]) -> None:
-        """Take decode steps recorded by `Lanes`: each fed one pending token (now cached) and sampled one."""
+        """Take decode steps recorded by `RunningRows`: each fed one pending token (now cached) and sampled one."""
         self._token_ids.extend(tokens)
         self._output_ids.extend(tokens)
         self._logprobs.extend(logprobs)

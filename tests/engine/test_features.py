@@ -129,7 +129,7 @@ def test_token_k_is_the_inverse_cdf_at_draw_k_of_its_seed(model, make_engine):
         with torch.inference_mode():
             logits = model(torch.tensor([prompt + output])).logits[0, len(prompt) - 1:-1]  # (num, V)
         draws = uniforms(np.full(num, seed_key(42 + i), dtype=np.uint64), np.arange(num))
-        rows = SampleRows(np.full(num, 0.8), np.full(num, -1), np.ones(num), draws)
+        rows = SampleRows.of([SamplingParams(temperature=0.8)] * num, draws.tolist())
         assert fetch([sample(logits, rows)])[0].tolist() == output
 
 
@@ -171,15 +171,14 @@ def test_decode_steps_copy_tokens_into_sequences_only_when_read(make_engine, mon
 
 
 def test_short_decode_history_flushes_and_changes_nothing(model, make_engine):
-    from apr.engine.lanes import Lanes
+    from apr.engine.rows import RunningRows
 
     prompts = random_prompts((5, 9, 2, 14, 7, 3), seed=19)
     params = [SamplingParams(temperature=0.0 if i % 2 else 1.0, max_new_tokens=4 + 5 * i, seed=i) for i in range(6)]
     outs = []
     for history_steps in (64, 3):
         engine = make_engine(max_batch_size=4)  # rows finish at different steps: movers, joins mid-run
-        engine.lanes = Lanes(4, 128, history_steps=history_steps)
-        engine.scheduler.max_running_tokens = engine.lanes.max_num_tokens
+        engine.rows = RunningRows(4, 128, history_steps=history_steps)
         for i, p in enumerate(prompts):
             engine.submit(Request(f"r{i}", p, params[i]))
         outs.append(by_id(engine.run_until_done()))

@@ -120,6 +120,23 @@ def test_draws_look_uniform_and_independent_across_seeds_and_counters():
     assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.02
 
 
+def test_gpu_transfer_packing_and_nan_recompute_on_cpu_tensors():
+    """What `fetch` does on a GPU, run on CPU tensors: the packed copy is exact, a NaN log-prob is recomputed."""
+    from apr.engine.sampler import Sampled, _packed, _shared
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 30, generator=g) * 20  # (4, V)
+    tokens = torch.tensor([3, 29, 0, 17])  # (4,)
+    exact = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]  # (4,)
+    parts = [Sampled(tokens[:3], exact[:3], logits[:3]), Sampled(tokens[3:], exact[3:], logits[3:])]
+    for got, want in zip(_packed(parts), _shared(parts)):
+        assert got.tolist() == want.tolist()
+    with_nan = exact.clone()
+    with_nan[1] = float("nan")  # as the fast path marks an underflowed p on a GPU
+    tok, lp = fetch([Sampled(tokens, with_nan, logits, is_fast=True)])
+    assert tok.tolist() == tokens.tolist() and lp.tolist() == exact.tolist()
+
+
 def test_fast_path_recomputes_an_underflowed_probability_exactly():
     # token 0 has p = e^-80 ~ 1.8e-35: log(p) in fp32 is off, so `fetch` takes log_softmax instead
     logits = torch.tensor([[-80.0, 0.0], [0.0, 1.0]])  # (2, 2)
