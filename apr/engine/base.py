@@ -165,7 +165,8 @@ class EngineStats:
     num_preemptions: int = 0  # running sequences whose KV was dropped for room (recomputed, nothing lost)
     num_kv_resizes: int = 0  # KV pool re-laid to another row length (local engine)
     num_regroups: int = 0  # batch rows regrouped by length for chunked attention
-    forward_s: float = 0.0  # wall time inside model forwards (embedding to logits)
+    # time inside model forwards (embedding to logits): wall time on CPU, the GPU timeline's span on CUDA
+    forward_s: float = 0.0
     step_s: float = 0.0  # wall time inside `step` (forward + sampling + scheduling)
 
     @property

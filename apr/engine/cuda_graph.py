@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 
+import numpy as np
 import torch
 
 from apr.engine.kv_cache import KVCache
@@ -62,15 +63,15 @@ class StaticDecode:
         """Whether a batch of `num` rows has a bucket that fits in the pool's rows now."""
         return num <= self.sizes[-1] and pick_bucket(num, self.sizes) <= self.kv.num_slots
 
-    def forward(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
-        """Next-token logits (B, V) of B decoding rows [0, B): each feeds `token_ids[i]` at `positions[i]`."""
+    def forward(self, token_ids: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+        """Next-token logits (B, V) of B decoding rows [0, B): each feeds `token_ids[i]` at `positions[i]` ((B,) int64)."""
         num = len(token_ids)
         bucket = pick_bucket(num, self.sizes)
         self.num_steps += 1
         host = self._host
         host[:, num:bucket] = 0  # padding: token 0 at position 0, not real
-        host[0, :num] = torch.tensor(token_ids)  # (B,)
-        host[1, :num] = torch.tensor(positions)  # (B,)
+        host[0, :num] = torch.from_numpy(token_ids)  # (B,)
+        host[1, :num] = torch.from_numpy(positions)  # (B,)
         host[2, :num] = 1
         # async: the host buffer is rewritten only next step, after sampling has synchronised
         self._inputs[:, :bucket].copy_(host[:, :bucket], non_blocking=True)

@@ -4,6 +4,11 @@ One `step` = admit queued requests and prefill them in one padded forward (their
 is sampled from it) + one decode forward for every sequence already running. Finished
 requests leave the batch at the end of the step; queued ones join at the next.
 
+Per-step host work does not grow with the batch: the running sequences' state lives in
+`RunningRows` arrays (row i = running[i] = KV slot i), sampling runs on the logits' device for the
+whole batch, and one device -> host transfer brings back every token and log-prob; only
+sequences that join, finish or move cost Python.
+
     >>> from apr.model.config import ModelConfig, build_model
     >>> from apr.engine.base import Request, SamplingParams
     >>> model = build_model(ModelConfig.preset("tiny"), vocab_size=100)
@@ -17,90 +22,23 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from apr.config import check, fail
+from apr.config import check
 from apr.engine import kv_budget
 from apr.engine.base import Completion, EngineStats, FinishReason, Request, validate_request
 from apr.engine.cuda_graph import StaticDecode
 from apr.engine.kv_cache import KVCache
 from apr.engine.llama import ForwardBatch, LlamaRunner
-from apr.engine.sampler import sample
+from apr.engine.local_config import DTYPES, LocalEngineConfig, check_device_available
+from apr.engine.rows import RunningRows
+from apr.engine.sampler import Sampled, SampleRows, fetch, sample, to_device
 from apr.engine.scheduler import Scheduler
 from apr.engine.sequence import SeqStatus, Sequence
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def check_device_available(device: str, field: str) -> None:
-    """A CUDA device asked for where this torch cannot use one is a config error, not an AssertionError."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        fail(field, device, "a torch device string such as cpu, cuda or cuda:0")
-    if dev.type != "cuda" or torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count():
-        return
-    why = ("this torch is a CPU-only build (install a CUDA build of torch)" if torch.version.cuda is None
-           else f"torch sees {torch.cuda.device_count()} CUDA device(s)")
-    fail(field, device, f"cpu here: {why}")
-
-
-@dataclass
-class LocalEngineConfig:
-    """Sizes and placement of the local engine (validated; errors name `engine.<field>`).
-
-    KV memory is a budget (`kv_memory`, see `apr.engine.kv_budget`): one position costs
-    layers x 2 x kv_heads x head_dim x dtype bytes (tiny preset, fp32: 4 KiB), and sequences
-    hold rows as long as the longest live one needs, not `max_seq_len` each (`kv_cache`).
-    """
-
-    max_batch_size: int = 64  # sequences decoded together in one forward
-    # positions per sequence (prompt + generated + appended); None: the command's thread window, filled
-    # in by `apr.engine.config.with_window` before an engine is built
-    max_seq_len: int | None = 2048
-    # KV budget: None (num_slots x max_seq_len, at most half the free memory), a fraction of the
-    # free memory in (0, 1], or bytes (int, or a string such as "8GiB")
-    kv_memory: float | int | str | None = None
-    num_slots: int | None = None  # most sequences holding KV (running + suspended); None: what kv_memory holds
-    max_prefill_tokens: int = 4096  # padded tokens per prefill forward (more requests wait a step)
-    device: str = "cpu"  # any torch device string: cpu, cuda, cuda:1
-    # float32 | bfloat16 | float16 (weights, activations and KV); None: bfloat16 on CUDA, float32 on CPU
-    dtype: str | None = None
-    # replay decode steps from CUDA graphs captured per batch-size bucket (CUDA only; CPU ignores it)
-    cuda_graphs: bool = True
-    compile: bool = False  # torch.compile the layer stack (dynamic shapes; slow first steps)
-    # decode attention runs on chunks of this many rows, each reading only its own longest context;
-    # rows are regrouped by length when that saves enough (0: one chunk, never regroup)
-    attention_chunk_rows: int = 16
-    seed: int = 0  # seeds requests that carry no seed, so whole runs are reproducible
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_seq_len", "max_prefill_tokens"):
-            value = getattr(self, name)
-            if name == "max_seq_len" and value is None:
-                continue
-            check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                  f"engine.{name}", value, "a positive integer")
-        slots = self.num_slots
-        check(slots is None or (isinstance(slots, int) and not isinstance(slots, bool) and slots > 0),
-              "engine.num_slots", slots, "a positive integer or None (as many as engine.kv_memory holds)")
-        check(kv_budget.is_valid(self.kv_memory), "engine.kv_memory", self.kv_memory, kv_budget.ACCEPTED)
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            fail("engine.device", self.device, "a torch device string such as cpu, cuda or cuda:0")
-        if self.dtype is None:
-            self.dtype = "bfloat16" if device.type == "cuda" else "float32"
-        check(self.dtype in _DTYPES, "engine.dtype", self.dtype, ", ".join(_DTYPES) + " or None")
-        check(isinstance(self.cuda_graphs, bool), "engine.cuda_graphs", self.cuda_graphs, "true or false")
-        check(isinstance(self.compile, bool), "engine.compile", self.compile, "true or false")
-        rows = self.attention_chunk_rows
-        check(isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0, "engine.attention_chunk_rows",
-              rows, "a non-negative integer (0: no chunking)")
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "engine.seed", self.seed,
-              "an integer")
+__all__ = ["LocalEngine", "LocalEngineConfig", "check_device_available"]
 
 
 class LocalEngine:
@@ -116,7 +54,7 @@ class LocalEngine:
         check_device_available(config.device, "engine.device")
         check(config.max_seq_len is not None, "engine.max_seq_len", None,
               "a positive integer (null is only a placeholder the commands fill with their thread window)")
-        dtype = _DTYPES[config.dtype]
+        dtype = DTYPES[config.dtype]
         self.device = torch.device(config.device)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         mcfg = model.config
@@ -128,13 +66,17 @@ class LocalEngine:
         self.kv = KVCache(mcfg.num_hidden_layers, mcfg.num_key_value_heads, head_dim, dtype, self.device,
                           positions, config.max_seq_len, max_slots=config.num_slots)
         self.runner = LlamaRunner(self.model, self.kv, compile=config.compile)
-        self.scheduler = Scheduler(self.kv, config.max_batch_size, config.max_prefill_tokens)
+        self.rows = RunningRows(config.max_batch_size, config.max_seq_len)
+        self.scheduler = Scheduler(self.kv, config.max_batch_size, config.max_prefill_tokens,
+                                   lambda: self.rows.max_num_tokens(len(self.scheduler.running)))
         # CUDA-graph decode: not with torch.compile (its dynamic-shape code is not captured here)
         is_graphed = config.cuda_graphs and self.device.type == "cuda" and not config.compile
         self.static_decode = StaticDecode(self.runner, self.kv, config.max_batch_size, True) if is_graphed else None
         self.stats = EngineStats()
         self._seed_rng = random.Random(config.seed)
         self._ready: list[Completion] = []  # finished outside a forward (abort, too long), returned next step
+        self._aborting: list[Sequence] = []  # running sequences `abort` was called for
+        self._timers: list = []  # CUDA events around this step's forwards
         self._active: set[str] = set()  # ids of queued and running sequences
 
     @classmethod
@@ -143,7 +85,7 @@ class LocalEngine:
         from transformers import LlamaForCausalLM
 
         cfg = LocalEngineConfig(device=device, dtype=dtype, **config)
-        model = LlamaForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype])
+        model = LlamaForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype])
         return cls(model, cfg)
 
     # ---- the Engine interface --------------------------------------------------------------
@@ -159,13 +101,13 @@ class LocalEngine:
         if request.resume_id is not None:
             seq = self.scheduler.suspended.pop(request.resume_id)
             seq.start_request(request.request_id, request.prompt_ids, request.params, request.keep_cache,
-                              self._rng(request.params.seed, 0))
+                              self._seed(request.params.seed, 0))
             group = [seq]
         else:
             group = []
             for i, seq_id in enumerate(request.sample_ids()):
                 group.append(Sequence(seq_id, list(request.prompt_ids), request.params, request.keep_cache,
-                                      self._rng(request.params.seed, i), request_id=request.request_id))
+                                      self._seed(request.params.seed, i), request_id=request.request_id))
         if group[0].num_tokens > self.config.max_seq_len:
             for seq in group:
                 if seq.slot is not None:
@@ -180,23 +122,17 @@ class LocalEngine:
         """Admit + prefill queued requests, decode one token for the running ones; return what finished."""
         start = time.perf_counter()
         with torch.inference_mode():
-            aborted = [s for s in self.scheduler.running if s.is_abort_requested]
+            completions, self._ready = self._ready, []
+            aborted = sorted((s for s in self._aborting if s.status is SeqStatus.RUNNING), key=lambda s: s.slot)
+            self._aborting = []
             for seq in aborted:
                 seq.finish_reason = FinishReason.ABORT
-            completions, self._ready = self._ready, []
             completions += [self._end(s) for s in aborted]
-            self.scheduler.retire(aborted)
-            self.scheduler.make_room()
+            self.rows.move(self.scheduler.retire(aborted))
+            for seq in self.scheduler.make_room():  # preempted: recomputed later, out of the batch now
+                self.rows.detach(seq)
             self._maybe_regroup_rows()
-            num_old = len(self.scheduler.running)
-            groups = self.scheduler.admit()
-            if groups:
-                self._prefill(groups)
-            if num_old:
-                self._decode(self.scheduler.running[:num_old])
-            done = [s for s in self.scheduler.running if s.finish_reason is not None]
-            completions += [self._end(s) for s in done]
-            self.scheduler.retire(done)
+            completions += self._advance()
         self.stats.num_steps += 1
         self.stats.num_evictions = self.scheduler.num_evictions
         self.stats.num_preemptions = self.scheduler.num_preemptions
@@ -248,8 +184,9 @@ class LocalEngine:
             self._active.discard(seq.seq_id)
             self._ready.append(seq.to_completion())
         for seq in self.scheduler.running:
-            if request_id in (seq.seq_id, seq.request_id):
+            if request_id in (seq.seq_id, seq.request_id) and not seq.is_abort_requested:
                 seq.is_abort_requested = True
+                self._aborting.append(seq)
         if request_id in self.scheduler.suspended:
             self.scheduler.release(request_id)
 
@@ -262,31 +199,72 @@ class LocalEngine:
               f"at most engine.max_batch_size and the {num_slots} KV slots of this prompt's length "
               "(engine.num_slots, engine.kv_memory)")
 
-    def _rng(self, seed: int | None, index: int) -> random.Random:
-        return random.Random(self._seed_rng.getrandbits(63) if seed is None else seed + index)
+    def _seed(self, seed: int | None, index: int) -> int:
+        """A sample's effective seed: the request's plus its index, or a draw from the engine's seed."""
+        return self._seed_rng.getrandbits(63) if seed is None else seed + index
 
     def _end(self, seq: Sequence) -> Completion:
         """Mark a sequence leaving the batch as suspended (KV kept) or finished."""
+        if seq.rows is not None:
+            self.rows.detach(seq)
         keep = seq.keep_cache and seq.finish_reason != FinishReason.ABORT
         seq.status = SeqStatus.SUSPENDED if keep else SeqStatus.FINISHED
         self._active.discard(seq.seq_id)
         return seq.to_completion()
 
-    def _forward(self, batch: ForwardBatch | None, decode: tuple[list[int], list[int]] | None = None
+    def _advance(self) -> list[Completion]:
+        """Admit, prefill and decode; sample every row; one transfer; record, and retire what finished."""
+        num_old = len(self.scheduler.running)  # rows [0, num_old) decode; admitted ones follow
+        self.rows.begin_step(num_old)
+        # rows [0, num_old)'s sampling rows and longest row, before admission adds rows
+        decoding = self.rows.sample_rows(0, num_old, is_all=True) if num_old else None
+        max_kv_len = self.rows.max_num_tokens(num_old)
+        groups = self.scheduler.admit()
+        parts = [self._prefill(groups, num_old)] if groups else []
+        if num_old:
+            parts.insert(0, self._decode(num_old, decoding, max_kv_len))
+        if not parts:
+            return []
+        tokens, logprobs = fetch(parts)  # the step's one device -> host transfer
+        self._read_timers()
+        self.stats.num_generated_tokens += len(tokens)
+        done = self.rows.record(num_old, len(self.scheduler.running), tokens, logprobs)
+        completions = [self._end(s) for s in done]
+        self.rows.move(self.scheduler.retire(done))
+        return completions
+
+    def _forward(self, batch: ForwardBatch | None, decode: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> torch.Tensor:
-        """Run `batch`, or a fixed-shape decode of (token ids, positions) on `static_decode`."""
+        """Run `batch`, or a fixed-shape decode of (token ids, positions) on `static_decode`.
+
+        On CUDA the forward is timed with events, read after the step's transfer (`_read_timers`):
+        a synchronize here would stall the host instead of letting it queue the sampling kernels.
+        """
+        is_cuda = self.device.type == "cuda"
+        if is_cuda:
+            timer = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            timer[0].record()
         start = time.perf_counter()
         if batch is None:
             logits = self.static_decode.forward(*decode)  # (B, V)
         else:
             logits = self.runner.forward(batch)  # (B, V)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # otherwise the time lands in sampling
-        self.stats.forward_s += time.perf_counter() - start
+        if is_cuda:
+            timer[1].record()
+            self._timers.append(timer)
+        else:
+            self.stats.forward_s += time.perf_counter() - start
         self.stats.num_forward_calls += 1
         return logits
 
-    def _prefill(self, groups: list[list[Sequence]]) -> None:
+    def _read_timers(self) -> None:
+        """Add the CUDA forwards' GPU spans (launch gaps included) to `forward_s`; their events are done."""
+        for begin, end in self._timers:
+            self.stats.forward_s += begin.elapsed_time(end) / 1e3
+        self._timers = []
+
+    def _prefill(self, groups: list[list[Sequence]], start: int) -> Sampled:
+        """Prefill the admitted groups (now rows [start, ...)) in one forward; sample their first tokens."""
         leaders = [g[0] for g in groups]
         lengths = [s.num_pending for s in leaders]
         width = max(lengths)
@@ -303,7 +281,8 @@ class LocalEngine:
                              (torch.tensor(lengths) - 1).to(self.device), valid.to(self.device))
         logits = self._forward(batch)  # (k, V)
         self.stats.num_prefill_tokens += sum(lengths)
-        rows, seqs = [], []
+        # batch rows: the leaders (in group order), then every group's followers (`Scheduler._place`)
+        rows = list(range(len(groups)))
         for r, group in enumerate(groups):
             leader = group[0]
             if not leader.output_ids:  # else a preempted sequence, recomputed mid-request: counts stand
@@ -313,13 +292,14 @@ class LocalEngine:
             for follower in group[1:]:  # n samples: share the prompt KV instead of recomputing it
                 self.kv.copy(leader.slot, follower.slot, leader.num_tokens)
                 follower.num_cached = follower.num_cached_at_start = leader.num_tokens
-            rows += [r] * len(group)
-            seqs += group
+            rows += [r] * (len(group) - 1)
+        seqs = self.scheduler.running[start:]
         cached = sum(s.num_cached_at_start for s in seqs if not s.output_ids)  # not a preempted one again
         self.stats.num_cached_tokens += cached
-        if rows != list(range(len(rows))):
+        if len(rows) > len(groups):
             logits = logits[torch.tensor(rows, device=self.device)]  # (N, V): followers reuse their leader's row
-        self._sample(logits, seqs)
+        self.rows.attach(seqs, start)
+        return sample(logits, self.rows.sample_rows(start, start + len(seqs)))
 
     def _chunks(self, kv_lens: list[int]) -> list[tuple[int, int, int]]:
         rows = self.config.attention_chunk_rows or len(kv_lens)
@@ -335,45 +315,32 @@ class LocalEngine:
         running = self.scheduler.running
         if not rows or len(running) <= rows or self.static_decode is not None:  # graphs read whole rows
             return
-        lens = [s.num_cached + 1 for s in running]
+        lens = (self.rows.position[:len(running)] + 1).tolist()  # cached + the pending token
         now = sum((b - a) * n for a, b, n in self._chunks(lens))
         best = sum((b - a) * n for a, b, n in self._chunks(sorted(lens, reverse=True)))
         if now - best < 0.05 * best:
             return
-        sources, num_moved = self.scheduler.plan_regroup(rows)
+        sources, num_moved = self.scheduler.plan_regroup(rows, lens)
         if 8 * (now - best) > 2 * num_moved * max(lens):
             self.scheduler.regroup(sources)
+            self.rows.permute(sources)
             self.stats.num_regroups += 1
 
-    def _decode(self, seqs: list[Sequence]) -> None:
-        num = len(seqs)
-        pos = [s.num_cached for s in seqs]
-        last = [s.token_ids[-1] for s in seqs]
+    def _decode(self, num: int, rows: SampleRows, max_kv_len: int) -> Sampled:
+        """One decode forward for the running rows [0, num) (longest: max_kv_len); sample with `rows`."""
+        self.stats.num_decode_tokens += num
+        last, pos = self.rows.inputs(num)  # (B,) each
         if self.static_decode is not None and self.static_decode.can_run(num):
-            self._finish_decode(self._forward(None, (last, pos)), seqs)  # (B, V)
-            return
-        ids = torch.tensor(last, device=self.device).view(num, 1)  # (B, 1)
-        positions = torch.tensor(pos, device=self.device).view(num, 1)  # (B, 1)
+            return sample(self._forward(None, (last, pos)), rows)  # (B, V) logits
+        ids = to_device(last, self.device)[:, None]  # (B, 1)
+        positions = to_device(pos, self.device)[:, None]  # (B, 1)
         kv_len = positions[:, 0] + 1  # (B,)
-        chunks = self._chunks([p + 1 for p in pos])
-        # extra attention calls cost ~10 us each: chunk only when it skips >10% of the KV reads
-        is_worth = sum((b - a) * n for a, b, n in chunks) < 0.9 * num * (max(pos) + 1)
-        batch = ForwardBatch(ids, positions, 0, kv_len, max(pos) + 1,
-                             torch.zeros(num, dtype=torch.long, device=self.device),
-                             chunks=chunks if len(chunks) > 1 and is_worth else None)
-        self._finish_decode(self._forward(batch), seqs)  # (B, V)
-
-    def _finish_decode(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        for seq in seqs:
-            seq.num_cached += 1
-        self.stats.num_decode_tokens += len(seqs)
-        self._sample(logits, seqs)
-
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        params = [s.params for s in seqs]
-        uniforms = [0.0 if p.temperature == 0 else s.rng.random() for s, p in zip(seqs, params)]
-        tokens, logprobs = sample(logits, params, uniforms)
-        max_len = self.config.max_seq_len
-        for seq, token, logprob in zip(seqs, tokens, logprobs):
-            seq.append_token(token, logprob, max_len)
-        self.stats.num_generated_tokens += len(seqs)
+        chunks = None
+        if 0 < self.config.attention_chunk_rows < num:
+            chunks = self._chunks((pos + 1).tolist())
+            # extra attention calls cost ~10 us each: chunk only when it skips >10% of the KV reads
+            if sum((b - a) * n for a, b, n in chunks) >= 0.9 * num * max_kv_len:
+                chunks = None
+        batch = ForwardBatch(ids, positions, 0, kv_len, max_kv_len,
+                             torch.zeros(num, dtype=torch.long, device=self.device), chunks=chunks)
+        return sample(self._forward(batch), rows)  # (B, V) logits

@@ -16,6 +16,7 @@ if the budget then holds fewer rows than the batch, the last ones are preempted 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from apr.engine.kv_cache import KVCache
 from apr.engine.sequence import SeqStatus, Sequence
@@ -24,7 +25,8 @@ from apr.engine.sequence import SeqStatus, Sequence
 class Scheduler:
     """Queue -> running batch -> suspended / finished, with slots kept in row order."""
 
-    def __init__(self, kv: KVCache, max_batch_size: int, max_prefill_tokens: int) -> None:
+    def __init__(self, kv: KVCache, max_batch_size: int, max_prefill_tokens: int,
+                 max_running_tokens: Callable[[], int] | None = None) -> None:
         self.kv = kv
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
@@ -34,6 +36,9 @@ class Scheduler:
         self.num_evictions = 0
         self.num_preemptions = 0
         self.num_steps = 0
+        # the longest running sequence's token count; the engine's per-row arrays answer it without a loop
+        self.max_running_tokens = max_running_tokens or (
+            lambda: max((s.num_tokens for s in self.running), default=0))
 
     # ---- admission -------------------------------------------------------------------------
 
@@ -52,7 +57,7 @@ class Scheduler:
         num_rows = len(self.running)
         num_new_slots = 0
         max_pending = 0
-        need = max((s.num_tokens for s in self.running), default=0)
+        need = self.max_running_tokens()
         num_evictable = sum(s.slot is not None for s in self.suspended.values())
         while self.waiting:
             group = self.waiting[0]
@@ -78,32 +83,33 @@ class Scheduler:
             self._place(chosen)
         return chosen
 
-    def make_room(self) -> None:
+    def make_room(self) -> list[Sequence]:
         """Grow rows to the running batch's longest sequence before a step's forwards.
 
         Longer rows mean fewer of them: kept caches are evicted first (least recently used),
         then queued resumed sequences lose theirs, and if the running batch itself no longer
         fits, its last rows are preempted: their KV is dropped and they wait at the head of
         the queue to be recomputed (tokens, log-probs and sampling state are kept). Nothing
-        is lost; a sequence at the window always fits (the budget holds one).
+        is lost; a sequence at the window always fits (the budget holds one). Returns the preempted.
         """
-        need = max((s.num_tokens for s in self.running), default=0)
-        row_len = self.kv.row_len_for(need)
+        row_len = self.kv.row_len_for(self.max_running_tokens())
         if row_len <= self.kv.row_len:
-            return
+            return []
         num_slots = self.kv.slots_at(row_len)
         self._evict(self.kv.num_live - num_slots)
         queued = [s for g in self.waiting for s in g if s.slot is not None]
         for seq in queued[:max(0, self.kv.num_live - num_slots)]:
             self._drop_kv(seq)
             self.num_evictions += 1
-        for seq in reversed(self.running[num_slots:]):
+        preempted = self.running[num_slots:]
+        for seq in reversed(preempted):
             self._drop_kv(seq)
             seq.status = SeqStatus.WAITING
             self.waiting.appendleft([seq])
             self.num_preemptions += 1
         del self.running[num_slots:]
         self._resize(row_len)
+        return preempted
 
     def _maybe_shrink(self) -> None:
         """Halve rows (or more), doubling their number, when requests wait and every live sequence fits."""
@@ -111,7 +117,7 @@ class Scheduler:
             return
         kept = [s for s in self.suspended.values() if s.slot is not None]
         queued = [s for g in self.waiting for s in g if s.slot is not None]
-        lengths = [s.num_tokens for s in self.running] + [s.num_cached for s in kept + queued]
+        lengths = [self.max_running_tokens()] + [s.num_cached for s in kept + queued]
         row_len = self.kv.row_len_for(max(lengths + [self.waiting[0][0].num_tokens]))
         if 2 * row_len <= self.kv.row_len:
             self._resize(row_len)
@@ -167,11 +173,19 @@ class Scheduler:
 
     # ---- retirement ------------------------------------------------------------------------
 
-    def retire(self, done: list[Sequence]) -> None:
-        """Take ended sequences out of the batch; each is already marked SUSPENDED or FINISHED."""
+    def retire(self, done: list[Sequence]) -> list[tuple[Sequence, int, int]]:
+        """Take ended sequences out of the batch; each is already marked SUSPENDED or FINISHED.
+
+        The running sequences in the last len(done) rows fill the rows freed below them, in row
+        order: work in proportion to len(done), not to the batch. Returns those moves as
+        (sequence, from row, to row), for state the engine keeps per row.
+        """
         if not done:
-            return
+            return []
         gone = {id(s) for s in done}
+        size = len(self.running) - len(done)
+        holes = sorted(s.slot for s in done if s.slot < size)  # running rows == slots
+        movers = [s for s in self.running[size:] if id(s) not in gone]
         for seq in done:
             seq.last_used = self.num_steps
             if seq.status is SeqStatus.SUSPENDED:
@@ -179,22 +193,23 @@ class Scheduler:
             else:
                 self.kv.free(seq.slot)
                 seq.slot = None
-        stay = [s for s in self.running if id(s) not in gone]
-        size = len(stay)
-        movers = [s for s in stay if s.slot >= size]
-        holes = [row for row in range(size) if self.kv.owner[row] is None or id(self.kv.owner[row]) in gone]
+        moves = []
         for seq, hole in zip(movers, holes):
+            moves.append((seq, seq.slot, hole))
             self._swap(seq.slot, hole)
-        self.running = [self.kv.owner[row] for row in range(size)]
+            self.running[hole] = seq
+        del self.running[size:]
+        return moves
 
-    def plan_regroup(self, rows_per_chunk: int) -> tuple[list[int], int]:
+    def plan_regroup(self, rows_per_chunk: int, lengths: list[int]) -> tuple[list[int], int]:
         """Row sources that put the batch's longest sequences in chunk 0, the next ones in chunk 1, ...
 
-        Only chunk membership matters for attention, so a sequence already in its target chunk
-        stays; returns (sources, number of sequences that move).
+        `lengths[r]`: row r's cached positions (or anything ordered alike). Only chunk membership
+        matters for attention, so a sequence already in its target chunk stays; returns (sources,
+        number of sequences that move).
         """
         size = len(self.running)
-        ranked = sorted(range(size), key=lambda r: -self.running[r].num_cached)  # rows, longest first
+        ranked = sorted(range(size), key=lambda r: -lengths[r])  # rows, longest first
         target = {row: rank // rows_per_chunk for rank, row in enumerate(ranked)}
         sources = list(range(size))
         movers = [row for row in range(size) if row // rows_per_chunk != target[row]]

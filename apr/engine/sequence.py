@@ -5,8 +5,11 @@ SUSPENDED (KV kept in its slot) and a later request with `resume_id` adopts it. 
 sampled token of a suspended sequence is *pending*: like every decoding step it is fed
 to the model only when the sequence next runs.
 
-    >>> import random
-    >>> s = Sequence("a", [2, 5, 9], None, keep_cache=False, rng=random.Random(0))
+While it runs, its decode steps are recorded in the engine's `RunningRows` (whole-batch array
+ops, no Python per sequence and step) and copied in when read: `token_ids`, `output_ids`, `logprobs`
+and `num_cached` are always current.
+
+    >>> s = Sequence("a", [2, 5, 9], None, keep_cache=False, seed=0)
     >>> s.status, s.num_tokens, s.num_pending
     (<SeqStatus.WAITING: 1>, 3, 3)
 """
@@ -14,9 +17,7 @@ to the model only when the sequence next runs.
 from __future__ import annotations
 
 import enum
-import random
 import time
-from dataclasses import dataclass, field
 
 from apr.engine.base import Completion, FinishReason, SamplingParams
 
@@ -28,30 +29,66 @@ class SeqStatus(enum.Enum):
     FINISHED = 4  # done and released
 
 
-@dataclass(eq=False)
 class Sequence:
-    """One sequence of tokens and the request currently driving it."""
+    """One sequence of tokens and the request currently driving it (identity equality, like a dataclass(eq=False))."""
 
-    seq_id: str  # id of the current request's completion (`request_id/i` for n-samples)
-    token_ids: list[int]  # prompt + generated + appended, the whole context
-    params: SamplingParams | None
-    keep_cache: bool
-    rng: random.Random  # per-request uniform draws: batch composition never touches them
-    status: SeqStatus = SeqStatus.WAITING
-    slot: int | None = None
-    num_cached: int = 0  # leading positions of token_ids whose KV is in the slot
-    # the current request
-    request_id: str = ""  # the Request's own id (== seq_id unless n > 1)
-    is_continuation: bool = False  # the current request resumed this sequence
-    num_prompt_tokens: int = 0
-    num_cached_at_start: int = 0
-    output_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish_reason: str | None = None
-    is_abort_requested: bool = False
-    submit_time: float = field(default_factory=time.perf_counter)
-    first_token_time: float = float("nan")
-    last_used: int = 0  # step count when it last ran (eviction picks the least recent)
+    def __init__(self, seq_id: str, token_ids: list[int], params: SamplingParams | None, keep_cache: bool,
+                 seed: int, request_id: str = "") -> None:
+        self.seq_id = seq_id  # id of the current request's completion (`request_id/i` for n-samples)
+        self._token_ids = token_ids  # prompt + generated + appended, the whole context
+        self.params = params
+        self.keep_cache = keep_cache
+        # the request's effective seed: token k is drawn with `sampler.uniforms(seed_key(seed), k)`
+        self.seed = seed
+        self.status = SeqStatus.WAITING
+        self.slot: int | None = None
+        self._num_cached = 0  # leading positions of token_ids whose KV is in the slot
+        self.rows = None  # the engine's `RunningRows` while running (it holds decode steps not yet copied here)
+        self.row = -1  # its row there (== slot, except in the middle of a move)
+        # the current request
+        self.request_id = request_id  # the Request's own id (== seq_id unless n > 1)
+        self.is_continuation = False  # the current request resumed this sequence
+        self.num_prompt_tokens = 0
+        self.num_cached_at_start = 0
+        self._output_ids: list[int] = []
+        self._logprobs: list[float] = []
+        self.finish_reason: str | None = None
+        self.is_abort_requested = False
+        self.submit_time = time.perf_counter()
+        self.first_token_time = float("nan")
+        self.last_used = 0  # step count when it last ran (eviction picks the least recent)
+
+    # ---- state recorded by `RunningRows` while running: copied in on read ------------------------
+
+    @property
+    def token_ids(self) -> list[int]:
+        if self.rows is not None:
+            self.rows.pull(self)
+        return self._token_ids
+
+    @property
+    def output_ids(self) -> list[int]:
+        if self.rows is not None:
+            self.rows.pull(self)
+        return self._output_ids
+
+    @property
+    def logprobs(self) -> list[float]:
+        if self.rows is not None:
+            self.rows.pull(self)
+        return self._logprobs
+
+    @property
+    def num_cached(self) -> int:
+        if self.rows is not None:
+            self.rows.pull(self)
+        return self._num_cached
+
+    @num_cached.setter
+    def num_cached(self, value: int) -> None:
+        if self.rows is not None:
+            self.rows.pull(self)
+        self._num_cached = value
 
     @property
     def num_tokens(self) -> int:
@@ -67,39 +104,38 @@ class Sequence:
         return len(self.output_ids)
 
     def start_request(self, seq_id: str, appended_ids: list[int], params: SamplingParams, keep_cache: bool,
-                      rng: random.Random) -> None:
+                      seed: int) -> None:
         """Adopt a continuation request: append its ids and reset per-request state."""
         self.seq_id = self.request_id = seq_id
         self.token_ids.extend(appended_ids)
         self.params = params
         self.keep_cache = keep_cache
-        self.rng = rng
+        self.seed = seed
         self.status = SeqStatus.WAITING
         self.is_continuation = True
         self.num_prompt_tokens = len(appended_ids)  # recounted at prefill if the KV was evicted
         self.num_cached_at_start = self.num_cached
-        self.output_ids, self.logprobs = [], []
+        self._output_ids, self._logprobs = [], []
         self.finish_reason = None
         self.is_abort_requested = False
         self.submit_time = time.perf_counter()
         self.first_token_time = float("nan")
 
-    def append_token(self, token: int, logprob: float, max_seq_len: int) -> bool:
-        """Record a sampled token; return True when it finishes the request (sets finish_reason)."""
-        # called once per token per sequence: plain attribute access, no properties
-        out = self.output_ids
+    def append_sampled(self, token: int, logprob: float) -> None:
+        """Record a token sampled from a prefill's logits (finish rules: `RunningRows.record`)."""
+        out = self._output_ids  # not the property: the rows hold nothing of this token
         if not out:
             self.first_token_time = time.perf_counter()
-        self.token_ids.append(token)
+        self._token_ids.append(token)
         out.append(token)
-        self.logprobs.append(logprob)
-        params = self.params
-        if token in params.stop_token_ids:
-            self.finish_reason = FinishReason.STOP
-        elif len(out) >= params.max_new_tokens or len(self.token_ids) > max_seq_len:
-            # more than max_seq_len tokens: the pending one would need position max_seq_len, past the slot
-            self.finish_reason = FinishReason.LENGTH
-        return self.finish_reason is not None
+        self._logprobs.append(logprob)
+
+    def extend_decoded(self, tokens: list[int], logprobs: list[float]) -> None:
+        """Take decode steps recorded by `RunningRows`: each fed one pending token (now cached) and sampled one."""
+        self._token_ids.extend(tokens)
+        self._output_ids.extend(tokens)
+        self._logprobs.extend(logprobs)
+        self._num_cached += len(tokens)
 
     def to_completion(self) -> Completion:
         now = time.perf_counter()

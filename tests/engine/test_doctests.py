@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["apr.engine.base", "apr.engine.kv_cache", "apr.engine.sequence", "apr.engine.sampler",
-           "apr.engine.local", "apr.engine.config", "apr.engine.kv_budget", "apr.engine.cuda_graph"]
+           "apr.engine.local", "apr.engine.config", "apr.engine.kv_budget", "apr.engine.cuda_graph",
+           "apr.engine.rows", "apr.engine.local_config"]
 
 
 @pytest.mark.parametrize("module", MODULES)

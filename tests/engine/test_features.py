@@ -87,6 +87,109 @@ def test_seed_determinism(make_engine):
     assert run(None) == run(None)
 
 
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0, max_new_tokens=12, seed=21),
+                                    SamplingParams(temperature=0.6, max_new_tokens=12, seed=22)])
+def test_sampled_tokens_do_not_depend_on_batch_composition(make_engine, params):
+    """Alone; among T=1 rows only (the rollout fast path); among greedy / top-p / top-k rows; joining late."""
+    target, *others = random_prompts((9, 4, 13, 2, 17), seed=15)
+    mates = [[],
+             [SamplingParams(temperature=1.0, max_new_tokens=n, seed=100 + n) for n in (3, 20, 7, 9)],
+             [SamplingParams(temperature=0.0, max_new_tokens=5), SamplingParams(temperature=0.9, top_p=0.8, max_new_tokens=15),
+              SamplingParams(temperature=1.0, max_new_tokens=2), SamplingParams(temperature=1.3, top_k=5, max_new_tokens=30)]]
+    runs = []
+    for batch in mates:
+        engine = make_engine(max_batch_size=4)  # 5 requests: some wait, then join a running batch
+        for i, m in enumerate(batch[:2]):
+            engine.submit(Request(f"m{i}", others[i], m))
+        if batch:
+            engine.step()
+        engine.submit(Request("t", target, params))
+        for i, m in enumerate(batch[2:], 2):
+            engine.submit(Request(f"m{i}", others[i], m))
+        runs.append(by_id(engine.run_until_done())["t"])
+    for run in runs[1:]:
+        assert run.output_ids == runs[0].output_ids
+        assert max(abs(a - b) for a, b in zip(run.logprobs, runs[0].logprobs)) < 1e-5
+
+
+def test_token_k_is_the_inverse_cdf_at_draw_k_of_its_seed(model, make_engine):
+    """The seed contract: sample i of a request seeded s draws token k with `uniforms(seed_key(s + i), k)`."""
+    import numpy as np
+    import torch
+
+    from apr.engine.sampler import SampleRows, fetch, sample, seed_key, uniforms
+
+    (prompt,) = random_prompts((7,), seed=16)
+    num = 16
+    engine = make_engine()
+    engine.submit(Request("a", prompt, SamplingParams(temperature=0.8, max_new_tokens=num, seed=42), n=2))
+    out = by_id(engine.run_until_done())
+    for i in range(2):
+        output = out[f"a/{i}"].output_ids
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt + output])).logits[0, len(prompt) - 1:-1]  # (num, V)
+        draws = uniforms(np.full(num, seed_key(42 + i), dtype=np.uint64), np.arange(num))
+        rows = SampleRows.of([SamplingParams(temperature=0.8)] * num, draws.tolist())
+        assert fetch([sample(logits, rows)])[0].tolist() == output
+
+
+def test_stop_rules_are_per_row_and_exact(model, make_engine):
+    """One batch, each row its own stop ids (0 to 3 of them) and max_new_tokens; a stop id wins over length."""
+    prompts = random_prompts((6, 9, 4, 12, 5), seed=17)
+    free = [hf_greedy(model, p, 12) for p in prompts]
+    rules = [((free[0][3],), 12),  # a stop id mid-way
+             ((99, 98, free[1][0]), 12),  # stop at the first token, the one sampled from the prefill
+             ((), 5),  # no stop ids: length
+             ((free[3][4],), 5),  # the stop id is the max_new_tokens-th token: "stop"
+             ((free[4][6], 97), 4)]  # the stop id would come after max_new_tokens: "length"
+    engine = make_engine()
+    for i, (p, (stops, max_new)) in enumerate(zip(prompts, rules)):
+        engine.submit(Request(f"r{i}", p, SamplingParams(temperature=0.0, max_new_tokens=max_new, stop_token_ids=stops)))
+    out = by_id(engine.run_until_done())
+    expected_reasons = []
+    for i, (stops, max_new) in enumerate(rules):
+        cut = next((k for k, t in enumerate(free[i][:max_new]) if t in stops), None)
+        expected = (free[i][:max_new], "length") if cut is None else (free[i][:cut + 1], "stop")
+        assert (out[f"r{i}"].output_ids, out[f"r{i}"].finish_reason) == expected, i
+        expected_reasons.append((expected[1], len(expected[0])))
+    assert ("stop", 1) in expected_reasons and ("stop", 5) in expected_reasons  # the cases above are exercised
+
+
+def test_decode_steps_copy_tokens_into_sequences_only_when_read(make_engine, monkeypatch):
+    """Per-step work is whole-batch arrays: a sequence's decoded tokens are copied in once, when it finishes."""
+    from apr.engine.sequence import Sequence
+
+    sizes = []
+    extend = Sequence.extend_decoded
+    monkeypatch.setattr(Sequence, "extend_decoded", lambda self, t, lp: (sizes.append(len(t)), extend(self, t, lp)))
+    engine = make_engine(max_batch_size=8)
+    for i, p in enumerate(random_prompts((5,) * 8, seed=18)):
+        engine.submit(Request(f"r{i}", p, SamplingParams(temperature=1.0, max_new_tokens=30, seed=i)))
+    out = engine.run_until_done()
+    assert sizes == [29] * 8  # the first token of each comes from the prefill
+    assert all(len(c.output_ids) == len(c.logprobs) == 30 for c in out)
+
+
+def test_short_decode_history_flushes_and_changes_nothing(model, make_engine):
+    from apr.engine.rows import RunningRows
+
+    prompts = random_prompts((5, 9, 2, 14, 7, 3), seed=19)
+    params = [SamplingParams(temperature=0.0 if i % 2 else 1.0, max_new_tokens=4 + 5 * i, seed=i) for i in range(6)]
+    outs = []
+    for history_steps in (64, 3):
+        engine = make_engine(max_batch_size=4)  # rows finish at different steps: movers, joins mid-run
+        engine.rows = RunningRows(4, 128, history_steps=history_steps)
+        for i, p in enumerate(prompts):
+            engine.submit(Request(f"r{i}", p, params[i]))
+        outs.append(by_id(engine.run_until_done()))
+    for i, p in enumerate(prompts):
+        a, b = outs[0][f"r{i}"], outs[1][f"r{i}"]
+        assert a.output_ids == b.output_ids and a.logprobs == b.logprobs and len(a.output_ids) == 4 + 5 * i
+        if i % 2:
+            assert a.output_ids == hf_greedy(model, p, 4 + 5 * i)
+        assert max(abs(x - y) for x, y in zip(full_logprobs(model, p, a.output_ids), a.logprobs)) < 1e-4
+
+
 def test_stop_token_ends_with_stop_and_is_included(model, make_engine):
     (prompt,) = random_prompts((6,), seed=9)
     free = hf_greedy(model, prompt, 12)

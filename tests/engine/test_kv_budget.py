@@ -95,6 +95,28 @@ def test_short_budget_admits_what_fits_and_outputs_match_a_large_one(model, make
         assert a.num_prompt_tokens == len(p)  # a preempted sequence's recompute is not a new prompt
 
 
+def test_preempted_sampled_sequences_draw_what_they_would_have(make_engine):
+    """A preempted sequence's draws continue at its own token count: the tokens are those of a roomy engine."""
+    prompts = random_prompts((5, 12, 3, 9, 7, 10), seed=22)
+    outs, engines = [], []
+    for memory in (256, 4096):
+        engine = make_engine(kv_memory=memory * PER_POSITION)
+        for i, p in enumerate(prompts):
+            engine.submit(Request(f"r{i}", p, SamplingParams(temperature=1.0, max_new_tokens=40 if i % 2 else 90,
+                                                             seed=i)))
+        done = []
+        while engine.has_work():
+            done += engine.step()
+            check_invariants(engine)
+        outs.append(by_id(done))
+        engines.append(engine)
+    assert engines[0].stats.num_preemptions > 0 and engines[1].stats.num_preemptions == 0
+    for i in range(len(prompts)):
+        a, b = outs[0][f"r{i}"], outs[1][f"r{i}"]
+        assert a.output_ids == b.output_ids and len(a.output_ids) == (40 if i % 2 else 90)
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
 def test_suspended_parent_keeps_its_kv_across_row_growth(model, make_engine):
     engine = make_engine(kv_memory=1024 * PER_POSITION)
     parent, child = random_prompts((6, 4), seed=21)

@@ -19,6 +19,20 @@ def check_invariants(engine) -> None:
         assert seq.slot is None or kv.owner[seq.slot] is seq
     held = [s for s in kv.owner if s is not None]
     assert len(held) == len({id(s) for s in held})
+    rows = engine.rows  # exactly the running sequences have per-row state, in their own rows, and it agrees
+    for row, seq in enumerate(sched.running):
+        assert seq.rows is rows and seq.row == row and rows.seqs[row] is seq
+        assert rows.position[row] == seq.num_cached == seq.num_tokens - 1
+        assert rows.inputs(row + 1)[0][row] == seq.token_ids[-1] and rows.num_generated[row] == seq.num_generated
+    for seq in list(sched.suspended.values()) + [s for g in sched.waiting for s in g]:
+        assert seq.rows is None
+    running = sched.running
+    assert rows.num_with_stops == sum(bool(s.params.stop_token_ids) for s in running)
+    # the tracked values: the exact longest row, a lower bound of the tokens left before a length limit
+    assert rows.max_num_tokens(len(running)) == max((s.num_tokens for s in running), default=0)
+    left = [min(s.params.max_new_tokens, s.num_generated + engine.config.max_seq_len - s.num_tokens + 1)
+            - s.num_generated for s in running]
+    assert rows._min_left <= min(left, default=rows._min_left)
 
 
 def greedy_is_exact(model, context: list[int], output: list[int]) -> bool:
