@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from apr.engine.base import Completion, EngineStats, Request
+from apr.engine.base import Completion, EngineStats, FinishReason, Request
 
 Script = Callable[[tuple[int, ...], list[int]], int]
 
@@ -84,7 +84,7 @@ class ScriptedEngine:
         self._running = [s for s, _ in still]
         out = []
         for seq, reason in done:
-            if seq.request.keep_cache and reason != "abort":
+            if seq.request.keep_cache and reason != FinishReason.ABORT:
                 self._kept[seq.sample_id] = (seq.prompt, seq.context)
             out.append(Completion(seq.sample_id, seq.output, [-(t % 7) / 10 for t in seq.output], reason,
                                   seq.num_prompt_tokens, seq.num_cached_tokens))
@@ -94,11 +94,11 @@ class ScriptedEngine:
     @staticmethod
     def _finish_reason(seq: _Seq) -> str | None:
         if seq.aborted:
-            return "abort"
+            return FinishReason.ABORT
         if seq.output and seq.output[-1] in seq.request.params.stop_token_ids:
-            return "stop"
+            return FinishReason.STOP
         if len(seq.output) >= seq.request.params.max_new_tokens:
-            return "length"
+            return FinishReason.LENGTH
         return None
 
     def release(self, request_id: str) -> None:
