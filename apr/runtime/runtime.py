@@ -119,7 +119,7 @@ class Runtime:
         if c.finish_reason == FinishReason.ABORT:
             reason = Finish.TIMEOUT if tree.is_timed_out else Finish.ABORT
             self._finish(tree, thread, reason)
-        elif c.finish_reason == "length" or not c.output_ids:
+        elif c.finish_reason == FinishReason.LENGTH or not c.output_ids:
             # the budget only when it set this request's limit and the request used all of it; anything
             # else that stops a thread short is a window: ours, or the engine's own (engine.max_seq_len)
             spent = by_budget and len(c.output_ids) >= reserved and thread.num_tokens < self.cfg.max_thread_tokens
