@@ -32,7 +32,8 @@ class SamplingParams:
 
     Filters apply in HF order: temperature, then top-k, then top-p. `seed` makes a request
     reproducible whatever else shares the batch; with `n > 1`, sample `i` uses seed `seed + i`.
-    The `local` engine always keeps that promise; `sglang` only with `engine.deterministic=true`
+    The `local` engine always keeps that promise (its k-th token of seed s is the inverse CDF at
+    `apr.engine.sampler.uniforms(seed_key(s), k)`, a counter-based draw); `sglang` only with `engine.deterministic=true`
     (servers started with `--enable-deterministic-inference`, which alone apply `sampling_seed`:
     other servers ignore it and sampling is not reproducible; the engine warns once).
 

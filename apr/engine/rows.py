@@ -186,8 +186,9 @@ class RunningRows:
         self.num_columns += 1
         if self._max_position >= 0:
             self._max_position += 1
-        for seq, token, logprob in zip(self.seqs[b:num], tokens[b:].tolist(), logprobs[b:].tolist()):
-            seq.append_sampled(token, logprob)  # the prefill's token: straight into the Sequence
+        if num > b:  # the prefilled rows' tokens: straight into their Sequences
+            for seq, token, logprob in zip(self.seqs[b:num], tokens[b:].tolist(), logprobs[b:].tolist()):
+                seq.append_sampled(token, logprob)
         self._min_left -= 1
         is_done = is_stop = None
         if self._min_left <= 0:  # some row may have reached max_new_tokens or the window
