@@ -7,8 +7,9 @@ no per-request generator object, nothing that batch composition, preemption or t
 change. The token is the inverse CDF of that row's filtered distribution at that number, so a
 row's token depends only on its logits and its own (seed, k).
 
-`sample` runs on the logits' device with one upload of per-row parameters; `fetch` brings every
-row's token and log-prob back in one device -> host transfer.
+`sample` runs on the logits' device; it uploads the rows' draws (and, unless every row is plain
+T=1 or greedy, their parameters), small host arrays, without waiting for the GPU. `fetch` brings
+every row's token and log-prob back in one device -> host transfer per step.
 
     >>> import torch
     >>> from apr.engine.base import SamplingParams
