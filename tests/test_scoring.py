@@ -9,22 +9,17 @@ from apr.api import Reasoner
 from apr.config import ConfigError
 from apr.engine.scripted import ScriptedEngine
 from apr.eval import summarize_records
-from apr.protocol import render_tree
 from apr.scoring import METRICS, EvalRecord, score, solve_and_score
-from apr.search import SearchConfig, solve
 from apr.task import CountdownConfig, generate_problems, load_problems, problems_path
+from tests._replay import solver_replay
 
 
 @pytest.fixture(scope="module")
 def replayed(tokenizer):
     """(problems, solver results, a Reasoner whose engine replays the solver's APR traces)."""
     problems = generate_problems(CountdownConfig(num_numbers=4), 4, seed=5)
-    results = [solve(p, SearchConfig("apr", promising_prob=0.9), seed=i) for i, p in enumerate(problems)]
-    full = {}
-    for r in results:
-        for t in render_tree(r.trace, tokenizer):
-            full[tuple(t.ids[:t.mask.index(1)])] = t.ids
-    return problems, results, Reasoner(ScriptedEngine(lambda prompt, ctx: full[prompt][len(ctx)]), tokenizer)
+    results, script = solver_replay(problems, tokenizer)
+    return problems, results, Reasoner(ScriptedEngine(script), tokenizer)
 
 
 def test_solve_and_score_records_and_metrics(replayed):

@@ -14,9 +14,8 @@ from apr.eval import (
     pass_at_n,
     summarize_records,
 )
-from apr.protocol import render_tree
-from apr.search import SearchConfig, solve
 from apr.task import CountdownConfig, generate_problems
+from tests._replay import solver_replay
 
 
 def rec(p, s, answer, correct, longest=100):
@@ -44,12 +43,8 @@ def test_accuracy_vs_window_is_cumulative():
 
 def test_evaluate_matches_solver_and_resumes(tmp_path, tokenizer):
     problems = generate_problems(CountdownConfig(num_numbers=4), 6, seed=9)
-    traces = [solve(p, SearchConfig("apr", promising_prob=0.9), seed=i) for i, p in enumerate(problems)]
-    full = {}
-    for r in traces:
-        for t in render_tree(r.trace, tokenizer):
-            full[tuple(t.ids[:t.mask.index(1)])] = t.ids
-    engine = ScriptedEngine(lambda prompt, ctx: full[prompt][len(ctx)])
+    traces, script = solver_replay(problems, tokenizer)
+    engine = ScriptedEngine(script)
     reasoner = Reasoner(engine, tokenizer)
     cfg = EvalConfig(max_thread_tokens=100_000, windows=(512, 1024), batch_size=4, progress=False)
     path = tmp_path / "greedy.jsonl"

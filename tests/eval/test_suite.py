@@ -9,9 +9,8 @@ from apr.config import ConfigError
 from apr.engine.scripted import ScriptedEngine
 from apr.eval import EvalConfig, Setting, evaluate, plan_settings, run_suite
 from apr.eval.suite import check_fingerprint, rl_pairs
-from apr.protocol import ProtocolIds, render_tree
-from apr.search import SearchConfig, solve
 from apr.task import CountdownConfig, generate_problems
+from tests._replay import solver_replay
 
 
 def names(model, cfg):
@@ -57,17 +56,7 @@ def test_rl_pairs_and_fingerprint(tmp_path):
 def scripted(tokenizer):
     """Problems and a reasoner whose engine replays the APR solver's traces (no model)."""
     problems = generate_problems(CountdownConfig(num_numbers=4), 5, seed=3)
-    traces = [solve(p, SearchConfig("apr", promising_prob=0.9), seed=i) for i, p in enumerate(problems)]
-    full = {}
-    for r in traces:
-        for t in render_tree(r.trace, tokenizer):
-            full[tuple(t.ids[:t.mask.index(1)])] = t.ids
-
-    eos = ProtocolIds.from_tokenizer(tokenizer).eos
-
-    def script(prompt, ctx):
-        # a prompt the solver never wrote (e.g. one opened by a condition line) ends at once
-        return full[prompt][len(ctx)] if prompt in full else eos
+    traces, script = solver_replay(problems, tokenizer)
 
     def make():
         return Reasoner(ScriptedEngine(script), tokenizer)
