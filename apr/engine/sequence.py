@@ -59,30 +59,27 @@ class Sequence:
         self.last_used = 0  # step count when it last ran (eviction picks the least recent)
 
     # ---- state recorded by `RunningRows` while running: copied in on read ------------------------
+    def _pulled(self) -> Sequence:
+        if self.rows is not None:
+            self.rows.pull(self)
+        return self
+
 
     @property
     def token_ids(self) -> list[int]:
-        if self.rows is not None:
-            self.rows.pull(self)
-        return self._token_ids
+        return self._pulled()._token_ids
 
     @property
     def output_ids(self) -> list[int]:
-        if self.rows is not None:
-            self.rows.pull(self)
-        return self._output_ids
+        return self._pulled()._output_ids
 
     @property
     def logprobs(self) -> list[float]:
-        if self.rows is not None:
-            self.rows.pull(self)
-        return self._logprobs
+        return self._pulled()._logprobs
 
     @property
     def num_cached(self) -> int:
-        if self.rows is not None:
-            self.rows.pull(self)
-        return self._num_cached
+        return self._pulled()._num_cached
 
     @num_cached.setter
     def num_cached(self, value: int) -> None:

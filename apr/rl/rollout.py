@@ -20,6 +20,7 @@ from apr.config import from_dict, to_dict
 from apr.engine.config import engine_config, engine_name, engine_options, with_window
 from apr.rl.algos import CREDIT, register_in
 from apr.rl.config import AlgoConfig, RolloutConfig
+from apr.rl.sequences import sequences_from_trees
 from apr.rl.weights import load_buckets
 from apr.runtime import Finish, RuntimeConfig, ThreadTree
 from apr.scoring import EvalRecord, score
@@ -152,22 +153,6 @@ def worker_device(engine) -> str:
     return str(getattr(engine, "device", None) or "cpu")
 
 
-def threads_batch(trees: list[ThreadTree], pad_id: int = 0):
-    """Every thread of `trees` (in `tree.threads()` order) as a right-padded `SequenceBatch` with only ids
-    and lengths: what a reference needs to score them (the rows `apr.rl.batch.sequences_from_trees` makes)."""
-    import torch
-
-    from apr.rl.batch import SequenceBatch
-
-    rows = [t.all_ids for tree in trees for t in tree.threads()]
-    ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)  # (N, T)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-    n, zeros = len(rows), torch.zeros(len(rows))  # (N,)
-    return SequenceBatch(ids, torch.zeros_like(ids), torch.zeros(ids.shape), zeros, zeros,
-                         torch.zeros(n, dtype=torch.long), torch.tensor([len(r) for r in rows]), zeros)
-
-
 def ref_logprobs_of(rollouts: list[Rollout], shape: tuple[int, int]):
     """(N, T) reference log-probs of a step's batch (`shape`: its ids'), from the per-thread ones the
     rollout workers returned; row order is `sequences_from_trees`' (rollout-major, then thread)."""
@@ -266,7 +251,8 @@ class RolloutWorker:
         trees = [r.tree for r in rollouts]
         if not trees:
             return
-        batch = threads_batch(trees)
+        # the very rows the learner's batch will have (ids only matter here: the reward and credit are unused)
+        batch = sequences_from_trees(trees, [0.0] * len(trees), list(range(len(trees))), advantage="gae")
         logp = self.ref.logprobs(batch)  # (N, T)
         k = 0
         for r in rollouts:
