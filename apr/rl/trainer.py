@@ -219,8 +219,9 @@ class RLTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         resume_from = ckpt.latest(self.run_dir, _say) if cfg.resume else None
+        state: dict = {}
         if resume_from is not None:
-            ckpt.check_same_recipe(resume_from, run_recipe(cfg), cfg.resume_changed, _say)
+            ckpt.check_same_recipe(resume_from, self.recipe, cfg.resume_changed, _say)
             self.phase = "resume"
             self.cluster.load(resume_from)
             state = json.loads((resume_from / ckpt.STATE_FILE).read_text())
@@ -228,7 +229,6 @@ class RLTrainer:
             self._load_pending(resume_from)
             _say(f"resuming at step {self.step} from {resume_from}")
         if cfg.train.max_minutes:  # a resumed run continues its checkpoint's count of training time
-            state = json.loads((resume_from / ckpt.STATE_FILE).read_text()) if resume_from else {}
             self.budget = TimeBudget.resumed(cfg.train.max_minutes, state.get("budget", {}), self.clock)
         return resume_from
 
