@@ -166,7 +166,7 @@ def ttfs_once(data_dir: Path, token_cache: bool, device: str) -> dict:
     run = Path(tempfile.mkdtemp(prefix="bench_ttfs_"))
     try:
         cfg = sft_config(data_dir, run, "small", 2048, 1, 1, device, solver="apr", token_cache=token_cache,
-                         max_val_records=200)
+                         max_val_records=20)
         trainer = Trainer(cfg, tok)
         trainer.fit()
         first = next(r for r in read_metrics(run) if "train/loss" in r)

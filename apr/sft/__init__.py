@@ -5,7 +5,7 @@ rows with block-diagonal attention. The strategy, optimizer, checkpoints and met
 Entry point: `python -m apr.cli.sft`.
 
 config    typed `sft.yaml` (model, data, optim, train, eval, checkpoint, log)
-data      traces -> `TrainSequence`s (through the token cache), fitted to the window
+data      traces -> `Sequences` (one per thread, views of the token cache), fitted to the window
 packing   sequences -> packed rows, a resumable loader over them
 validate  the validation loss
 trainer   the loop (data -> forward_backward -> optimizer; eval and checkpoints when due)

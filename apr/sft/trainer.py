@@ -24,7 +24,7 @@ from apr.config import ConfigError, to_dict
 from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
 from apr.model.integrity import files_fingerprint
 from apr.sft.config import SFTConfig
-from apr.sft.data import FitReport, TrainSequence, fit_to_window, load_split
+from apr.sft.data import FitReport, Sequences, TrainSequence, fit_to_window, load_split
 from apr.sft.packing import PackedBatch, PackedLoader, eval_batches
 from apr.sft.validate import loss_sums
 from apr.train import checkpoint as ckpt
@@ -40,9 +40,12 @@ SHOWN = ("val/loss", "eval/accuracy", "time/eval_hook_s")  # printed; everything
 
 @dataclass
 class TrainData:
-    train: list[TrainSequence]
-    val: list[TrainSequence]
+    train: Sequences | list[TrainSequence]
+    val: Sequences | list[TrainSequence]
     reports: dict[str, FitReport]
+
+    def __post_init__(self) -> None:
+        self.train, self.val = Sequences.of(self.train), Sequences.of(self.val)
 
 
 def prepare_data(cfg: SFTConfig, tokenizer) -> TrainData:
@@ -50,7 +53,7 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> TrainData:
     train, train_report = fit_to_window(load_split(cfg.data, "train", tokenizer, cfg.data.max_train_records),
                                         cfg.data, "train")
     val_path = Path(cfg.data.dir) / "val" / f"{cfg.data.solver}.jsonl"
-    val, reports = [], {"train": train_report}
+    val, reports = Sequences.of([]), {"train": train_report}
     if val_path.is_file() and val_path.stat().st_size > 0:
         val, reports["val"] = fit_to_window(load_split(cfg.data, "val", tokenizer, cfg.data.max_val_records),
                                             cfg.data, "val")
@@ -294,7 +297,7 @@ def run_recipe(cfg: SFTConfig, total_steps: int | None) -> dict:
 
 def _epoch_packing(loader: PackedLoader, row_len: int) -> float:
     rows = loader.epoch_rows(0)
-    return sum(len(loader.seqs[i]) for row in rows for i in row) / (len(rows) * row_len)
+    return int(loader.seqs.lengths.sum()) / (len(rows) * row_len)  # every sequence is in a row
 
 
 def _seed_everything(seed: int, num_threads: int) -> None:

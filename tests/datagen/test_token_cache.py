@@ -70,6 +70,25 @@ def test_changed_tokenizer_or_traces_get_a_new_cache(data, tmp_path):
     assert fewer.path != by_tok and len(fewer.record_solved) == 10
 
 
+def test_the_fingerprint_is_remembered_until_the_file_changes(data, tmp_path, monkeypatch):
+    out, tok = data
+    path = tmp_path / "apr.jsonl"
+    path.write_bytes((out / "train" / "apr.jsonl").read_bytes())
+    first = token_cache.load_or_build(path, tok, num_workers=1).path
+    hashed = []
+    real = token_cache.fingerprint
+    monkeypatch.setattr(token_cache, "fingerprint", lambda *a: hashed.append(a) or real(*a))
+    assert token_cache.load_or_build(path, tok, num_workers=1).path == first and not hashed  # from the stamp
+    other_tok = build_tokenizer(TokenizerConfig(extra_words=("zebra",)))
+    assert token_cache.cache_dir(path, other_tok) != first and len(hashed) == 1  # another tokenizer: hashed
+    data_bytes = path.read_bytes()
+    changed = data_bytes.replace(b'"solved":true', b'"solved":null', 1)  # same size, other content
+    assert changed != data_bytes and len(changed) == len(data_bytes)
+    path.write_bytes(changed)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # a later write, as any write is
+    assert token_cache.cache_dir(path, tok) != first and len(hashed) == 2
+
+
 def test_other_local_ranks_wait_for_rank_zero(data, tmp_path, monkeypatch):
     out, tok = data
     path = tmp_path / "sosp.jsonl"

@@ -1,14 +1,16 @@
 """Packing: rows hold whole sequences, attention stays inside each, and the loss is exact."""
 
 import random
+from bisect import bisect_left, insort
 
+import numpy as np
 import pytest
 import torch
 
 from apr.config import ConfigError
 from apr.model import ModelConfig, build_for_tokenizer
 from apr.sft.config import SFTDataConfig
-from apr.sft.data import load_split
+from apr.sft.data import Sequences, TrainSequence, load_split
 from apr.sft.packing import PackedLoader, collate, eval_batches, pack_decreasing, pack_rows
 
 
@@ -23,6 +25,45 @@ def test_pack_rows_places_every_sequence_once():
         assert len(rows) <= 2 * sum(lengths) // 64 + 1
     with pytest.raises(ValueError, match="more than a row"):
         pack_rows([3, 65], 64)
+
+
+def best_fit_one_at_a_time(lengths, row_len):
+    """The definition of best fit, one sequence at a time (the packer places whole runs at once)."""
+    rooms, rows = [], []  # rooms: sorted (room left, row index)
+    for i, n in enumerate(lengths):
+        k = bisect_left(rooms, (n, -1))
+        room, r = rooms.pop(k) if k < len(rooms) else (row_len, len(rows))
+        if r == len(rows):
+            rows.append([])
+        rows[r].append(i)
+        if room - n > 0:
+            insort(rooms, (room - n, r))
+    return rows
+
+
+@pytest.mark.parametrize("order", ["decreasing", "given", "few lengths"])
+def test_pack_rows_equals_best_fit_one_sequence_at_a_time(order):
+    rng = random.Random(1)
+    for trial in range(200):
+        row_len = rng.choice([8, 64, 100, 2048])
+        num = rng.randint(0, 300)
+        if order == "few lengths":  # long runs of equal lengths, rows taking several of a run
+            choices = [rng.randint(1, row_len) for _ in range(3)] + [1, row_len // 3 or 1]
+            lengths = [rng.choice(choices) for _ in range(num)]
+        else:
+            lengths = [min(row_len, int(rng.expovariate(1 / (row_len / rng.choice([2, 5, 20])))) + 1)
+                       for _ in range(num)]
+        if order != "given":
+            lengths.sort(reverse=True)
+        assert pack_rows(lengths, row_len) == best_fit_one_at_a_time(lengths, row_len), (trial, row_len, lengths)
+
+
+def test_pack_decreasing_keeps_ties_in_the_given_order():
+    seqs = Sequences.of(TrainSequence(np.arange(n, dtype=np.int32), np.arange(n, dtype=np.int32), 1)
+                        for n in [3, 5, 3, 2, 5])
+    order = [4, 3, 2, 1, 0]
+    rows = pack_decreasing(seqs, order, 8)  # longest first, ties as in `order`: 4, 1, 2, 0, 3
+    assert rows == [[4, 2], [1, 0], [3]]
 
 
 def per_sequence_loss(model, seqs):
