@@ -120,7 +120,7 @@ class RLTrainConfig:
     max_minutes: float | None = None
     batch_problems: int = 64  # problems per step (x group_size rollouts)
     inner_steps: int = 2  # optimizer steps over each batch of rollouts
-    micro_batch_tokens: int = 16384  # padded tokens per forward/backward (gradients accumulate)
+    micro_batch_tokens: int = 16384  # packed-row tokens per forward/backward (gradients accumulate)
     old_logprobs: Literal["rollout", "recompute"] = "rollout"  # PPO ratio denominator
     # 0: on-policy (each step samples from the weights its update starts from); 1: the next step's rollouts
     # are generated while this step's update runs, from weights one update older (rl/policy_lag <= 1); the

@@ -20,9 +20,9 @@ import torch
 
 from apr.model import load_checkpoint
 from apr.rl.algos import aggregation_denominator, gae
-from apr.rl.batch import SequenceBatch, micro_batches
+from apr.rl.batch import SequenceBatch, flat, micro_batches
 from apr.rl.config import RLConfig
-from apr.rl.logprobs import batched_logprobs
+from apr.rl.logprobs import Packing, batched_logprobs
 from apr.rl.loss import policy_loss, value_loss
 from apr.rl.weights import to_buckets
 from apr.train import checkpoint as ckpt
@@ -50,7 +50,12 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        if packing is not None:  # the same packed rows as the policy's forward
+            h = self.backbone(input_ids=packing.ids, position_ids=packing.position_ids,
+                              use_cache=False).last_hidden_state  # (R, L, H)
+            v = self.head(h.reshape(-1, h.shape[-1])[packing.source]).squeeze(-1).float()  # (M,)
+            return packing.unpack(v)  # (N, T)
         h = self.backbone(input_ids=ids, use_cache=False).last_hidden_state  # (N, T, H)
         v = self.head(h).squeeze(-1).float()  # (N, T)
         return torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], 1)  # (N, T)
@@ -201,18 +206,21 @@ class Learner:
         self.version += 1
         return metrics
 
-    def _micro_step(self, batch: SequenceBatch, rows: list[int], ref_logprobs: torch.Tensor | None,
+    def _micro_step(self, batch: SequenceBatch, group: list[list[int]], ref_logprobs: torch.Tensor | None,
                     values_returns: tuple | None, denom: float, num_tokens: int, is_last: bool,
                     is_real: bool) -> tuple[float, float, dict]:
         """Forward + backward of one micro-batch (policy, and critic); (policy loss, value loss, sums).
         `is_real=False`: a weight-0 repeat that only keeps the ranks' collectives matched."""
         cfg = self.cfg
-        sub = batch.select(rows).to(self.device)
+        rows = flat(group)  # `group`: the micro-batch's packed rows of batch rows
+        sub = batch.select(rows)
+        packing = Packing(sub.ids, sub.lengths, [len(r) for r in group]).to(self.device)
+        sub = sub.to(self.device)
         ref = None
         if ref_logprobs is not None:
             ref = ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]].to(self.device)  # (n, t)
         def loss_fn(model):
-            loss, s = policy_loss(model, sub, cfg.loss, ref, denom, self.autocast, cfg.logprob_temperature)
+            loss, s = policy_loss(model, sub, cfg.loss, ref, denom, self.autocast, cfg.logprob_temperature, packing)
             return (loss, s) if is_real else (loss * 0.0, {})
 
         loss, s = self.policy.forward_backward(loss_fn, is_last)
@@ -224,7 +232,7 @@ class Learner:
 
         def value_loss_fn(model):
             with self.autocast():
-                values = model(sub.ids)  # (n, t)
+                values = model(sub.ids, packing)  # (n, t)
             vl = cfg.loss.value_coef * value_loss(values.float(), old_values[idx, :L].to(self.device),
                                                   returns[idx, :L].to(self.device),
                                                   sub.mask, cfg.loss.value_clip, max(num_tokens, 1))
@@ -270,10 +278,12 @@ class Learner:
         critic = self.critic.model
         critic.eval()
         with torch.no_grad():
-            for rows in micro_batches(batch.lengths.tolist(), self.cfg.train.micro_batch_tokens):
+            for group in micro_batches(batch.lengths.tolist(), self.cfg.train.micro_batch_tokens):
+                rows = flat(group)
                 sub = batch.select(rows)
+                packing = Packing(sub.ids, sub.lengths, [len(r) for r in group]).to(self.device)
                 with self.autocast():
-                    v = critic(sub.ids.to(self.device)).float().cpu()  # (n, t)
+                    v = critic(sub.ids.to(self.device), packing).float().cpu()  # (n, t)
                 values[torch.tensor(rows), :v.shape[1]] = v
         critic.train()
         mask = batch.mask.float()

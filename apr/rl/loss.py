@@ -13,7 +13,7 @@ import torch
 from apr.rl.algos import AGGREGATIONS, POLICY_LOSSES, kl_k3, log_ratio
 from apr.rl.batch import SequenceBatch
 from apr.rl.config import LossConfig
-from apr.rl.logprobs import token_logprobs
+from apr.rl.logprobs import Packing, token_logprobs
 
 
 def token_advantages(batch: SequenceBatch) -> torch.Tensor:
@@ -23,16 +23,17 @@ def token_advantages(batch: SequenceBatch) -> torch.Tensor:
 
 
 def policy_loss(model, batch: SequenceBatch, cfg: LossConfig, ref_logprobs: torch.Tensor | None = None,
-                denom: float | None = None, autocast=contextlib.nullcontext, temperature: float = 1.0
-                ) -> tuple[torch.Tensor, dict]:
+                denom: float | None = None, autocast=contextlib.nullcontext, temperature: float = 1.0,
+                packing: Packing | None = None) -> tuple[torch.Tensor, dict]:
     """Scalar loss to backpropagate, and detached sums over generated tokens (kl, clipped, entropy, tokens).
 
     `denom`: the whole batch's aggregation denominator when `batch` is one micro-batch of it.
-    `temperature`: the rollouts' sampling temperature (log-probs of the distribution sampled from)."""
+    `temperature`: the rollouts' sampling temperature (log-probs of the distribution sampled from).
+    `packing`: `batch`'s rows packed for the forward (`apr.rl.logprobs.Packing`); None: the rows as they are."""
     # Rows are right-padded: under causal attention padding never reaches a real token, so no mask.
     with autocast():
         logp, entropy = token_logprobs(model, batch.ids, entropy_grad=cfg.entropy_coef > 0,
-                                       temperature=temperature)  # (N, T), (N, T)
+                                       temperature=temperature, packing=packing)  # (N, T), (N, T)
     adv = token_advantages(batch)  # (N, T)
     per_token, clipped = POLICY_LOSSES[cfg.policy](logp, batch.old_logprobs, adv, clip=cfg.clip,
                                                    mask=batch.mask)  # (N, T)

@@ -63,3 +63,61 @@ def test_policy_loss_on_tiny_model(trees, tokenizer):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     paper = LossConfig(aggregation="seq_mean_per_rollout")
     assert torch.isfinite(policy_loss(model, batch, paper, ref_logprobs=logp.detach())[0])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_forward_equals_padded_rows(trees, tokenizer, attn):
+    """The learner's packed micro-batches give every thread the log-probs, entropies, values and gradients
+    of its own right-padded row: no token attends across the threads sharing a packed row."""
+    from apr.rl.batch import flat, micro_batches
+    from apr.rl.learner import ValueModel
+    from apr.rl.logprobs import Packing
+
+    out, _ = trees
+    cfg = ModelConfig.preset("tiny", num_layers=2, init_std=0.2, attn_implementation=attn)
+    model = build_model(cfg, len(tokenizer), seed=3).train()
+    batch = sequences_from_trees(out, rewards=[1.0, 0.0, 1.0, 0.0], group_ids=[0, 0, 1, 1])
+    lengths = batch.lengths.tolist()
+    (group,) = micro_batches(lengths, max_tokens=max(lengths) * len(lengths))  # one micro-batch, all of it
+    assert any(len(row) > 1 for row in group) and len(group) < len(lengths)  # threads actually share rows
+    sub = batch.select(flat(group))
+    packing = Packing(sub.ids, sub.lengths, [len(r) for r in group])
+    packed, packed_entropy = token_logprobs(model, sub.ids, packing=packing)
+    padded, padded_entropy = token_logprobs(model, sub.ids)
+    real = packing.targets  # (n, t): tokens with a prefix
+    assert real.sum() == (sub.lengths - 1).sum()
+    torch.testing.assert_close(packed[real], padded[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_entropy[real], padded_entropy[real], atol=1e-5, rtol=1e-5)
+    assert (packed[~real] == 0).all()
+    grads = [torch.autograd.grad((lp * real).sum(), list(model.parameters())) for lp in (packed, padded)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # the check has teeth: positions that do not restart per thread let threads see each other
+    leaky = Packing(sub.ids, sub.lengths, [len(r) for r in group])
+    leaky.position_ids = torch.arange(leaky.ids.numel()).view_as(leaky.ids) % leaky.ids.shape[1]
+    assert (token_logprobs(model, sub.ids, packing=leaky)[0][real] - padded[real]).abs().max() > 1e-3
+    # the critic reads the same packed rows
+    critic = ValueModel.__new__(ValueModel)
+    torch.nn.Module.__init__(critic)
+    critic.backbone, critic.head = model.model, torch.nn.Linear(cfg.hidden_size, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(critic(sub.ids, packing)[real], critic(sub.ids)[real], atol=1e-5, rtol=1e-5)
+
+
+def test_micro_batches_pack_rows_within_the_token_budget():
+    import random
+
+    from apr.rl.batch import micro_batches
+
+    rng = random.Random(0)
+    for _ in range(100):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 60))]
+        budget = rng.choice([300, 1000, 4096])
+        groups = micro_batches(lengths, budget)
+        assert sorted(i for g in groups for row in g for i in row) == list(range(len(lengths)))
+        for g in groups:
+            row_len = max(lengths[i] for row in g for i in row)
+            assert all(sum(lengths[i] for i in row) <= row_len for row in g)
+            assert len(g) * row_len <= budget or len(g) == 1
+        padded_rows = sum(len(g) * max(lengths[i] for row in g for i in row) for g in groups)
+        assert padded_rows <= sum(max(lengths) for _ in lengths)  # never more than padding every row
