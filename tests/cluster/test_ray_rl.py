@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 
@@ -52,22 +53,34 @@ def reference(tmp_path_factory, assets):
     return _run(tmp_path_factory.mktemp("inproc"), assets, **{"dist.mode": "none"})
 
 
-def test_ray_run_equals_one_process_and_survives_a_killed_worker(ray_cluster, reference, assets, tmp_path):
-    rows = _run(tmp_path, assets, kill_at_step=1, **{"dist.mode": "ray_local", "dist.worker_threads": 1})
-    assert sorted(rows) == [1, 2, 3]
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, ray_cluster, assets):
+    """Steps 1-2 on Ray, rollout worker 0 killed during step 1's rollouts, a checkpoint after step 1 and
+    `final` after step 2; the resume test continues it to step 3 (one Ray run shared by both tests)."""
+    tmp = tmp_path_factory.mktemp("killed")
+    rows = _run(tmp, assets, kill_at_step=1, **{"dist.mode": "ray_local", "dist.worker_threads": 1,
+                                                "train.steps": 2, "checkpoint.every_steps": 1})
+    return tmp / "run", rows
+
+
+def test_ray_run_equals_one_process_and_survives_a_killed_worker(killed_run, reference):
+    run, rows = killed_run
+    assert sorted(rows) == [1, 2]
     assert rows[2]["dist/worker_restarts"] >= 1  # worker 0 died during step 1's rollout and was replaced
     for step, row in rows.items():
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
         for k in KEYS:  # the re-run shard used the same weights and seeds: nothing changed
             assert row[k] == pytest.approx(reference[step][k], rel=1e-5, abs=1e-7), (step, k)
-    assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "trainer" / "learner.pt").is_file()
-    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "step_00000001" / "trainer" / "learner.pt").is_file()
+    assert (run / "final" / "model.safetensors").is_file()
 
 
-def test_ray_resume_gives_the_same_next_step(ray_cluster, reference, assets, tmp_path):
-    _run(tmp_path, assets, **{"dist.mode": "ray_local", "train.steps": 2})
+def test_ray_resume_gives_the_same_next_step(ray_cluster, killed_run, reference, assets, tmp_path):
+    """The 2-step Ray run (a copy of it) resumed from its `final` with train.steps=3: step 3 is the
+    uninterrupted one-process run's."""
+    shutil.copytree(killed_run[0], tmp_path / "run")
     rows = _run(tmp_path, assets, **{"dist.mode": "ray_local", "resume": True, "resume_changed": True})
-    assert sorted(rows) == [1, 2, 3]
+    assert sorted(rows) == [1, 2, 3]  # 1-2 from the copied run, 3 from the resumed one
     for k in KEYS:
         assert rows[3][k] == pytest.approx(reference[3][k], rel=1e-5, abs=1e-7), k
 
