@@ -55,6 +55,7 @@ class Sizes:
     """Everything the check's size depends on."""
 
     num_train: int
+    num_val: int  # SFT's validation loss runs over these problems' traces
     num_test: int
     data_workers: int
     model: str
@@ -79,14 +80,14 @@ class Sizes:
 
 def gpu_sizes(minutes: float) -> Sizes:
     """MINUTES splits as: data ~1.5, SFT MINUTES-5 (both at once), eval ~1.5, GRPO ~1.5, engine ~0.5."""
-    return Sizes(num_train=20000, num_test=500, data_workers=max((os.cpu_count() or 2) - 2, 1), model="small",
+    return Sizes(num_train=20000, num_val=100, num_test=500, data_workers=max((os.cpu_count() or 2) - 2, 1), model="small",
                  sft_minutes=max(minutes - 5.0, 1.0), warmup_steps=100, apr_rows=(8, 2048), sosp_rows=(6, 3072),
                  windows=(512, 1024, 2048, 3072), eval_batch=500, rl_steps=5, rl_problems=16, rl_group=4,
                  rl_window=2048, engine_prompts=256, engine_new_tokens=128)
 
 
 def toy_sizes() -> Sizes:
-    return Sizes(num_train=40, num_test=6, data_workers=2, model="tiny", sft_minutes=0.05, warmup_steps=1, apr_rows=(1, 2048),
+    return Sizes(num_train=40, num_val=6, num_test=6, data_workers=2, model="tiny", sft_minutes=0.05, warmup_steps=1, apr_rows=(1, 2048),
                  sosp_rows=(1, 2048), windows=(128, 256), eval_batch=6, rl_steps=2, rl_problems=2, rl_group=2,
                  rl_window=128, engine_prompts=4, engine_new_tokens=8, threads=1)
 
@@ -133,7 +134,7 @@ def cli(module: str, *args: str) -> list[str]:
 
 
 def data_cmd(s: Sizes, out: Path) -> list[str]:
-    return cli("data", "task=countdown_n4", f"data.num_train={s.num_train}", "data.num_val=100",
+    return cli("data", "task=countdown_n4", f"data.num_train={s.num_train}", f"data.num_val={s.num_val}",
                f"data.num_test={s.num_test}", f"data.out_dir={out / 'data'}", f"data.num_workers={s.data_workers}",
                "data.progress=false")
 

@@ -73,7 +73,8 @@ def test_stage_commands_compose_into_valid_configs(stage, toy, tmp_path):
         c = to_container(compose(name, overrides=cmd[3:]))
     c.pop("hydra", None)
     if name == "data":
-        assert from_dict(DataConfig, c["data"], "data").num_train == s.num_train
+        data = from_dict(DataConfig, c["data"], "data")
+        assert (data.num_train, data.num_val, data.num_test) == (s.num_train, s.num_val, s.num_test)
     elif name == "sft":
         from apr.cli.sft import load_config
 

@@ -3,7 +3,10 @@ plain torch and DeepSpeed ZeRO-2, and exact resume; the batch sharding and the c
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -40,8 +43,15 @@ def reference(tmp_path_factory, assets):
 
 
 @pytest.fixture(scope="module")
-def two_learners(tmp_path_factory, ray_cluster, assets):
-    return _run(tmp_path_factory.mktemp("two"), assets, **TWO)
+def two_learners_run(tmp_path_factory, ray_cluster, assets):
+    """Two steps of two learners on Ray, a checkpoint after step 1 (the resume test starts from it)."""
+    tmp = tmp_path_factory.mktemp("two")
+    return tmp / "run", _run(tmp, assets, **TWO, **{"checkpoint.every_steps": 1})
+
+
+@pytest.fixture(scope="module")
+def two_learners(two_learners_run):
+    return two_learners_run[1]
 
 
 def _assert_same(rows, reference, steps):
@@ -63,13 +73,22 @@ def test_two_deepspeed_zero2_learners_equal_one_torch_learner(ray_cluster, asset
     assert (tmp_path / "run" / "final" / "trainer" / "deepspeed" / "policy").is_dir()
 
 
-def test_two_learners_resume_gives_the_same_next_step(ray_cluster, assets, two_learners, tmp_path):
-    _run(tmp_path, assets, **TWO, **{"train.steps": 1})
-    assert (tmp_path / "run" / "final" / "trainer" / "rng_rank1.pt").is_file()  # rank 1's own state beside rank 0's
-    rows = _run(tmp_path, assets, **TWO, resume=True, resume_changed=True)  # 1 -> the default steps
+def test_two_learners_resume_gives_the_same_next_step(ray_cluster, assets, two_learners_run, tmp_path):
+    """The two-learner run as it stood after step 1's checkpoint (a copy without `final` and step 2's
+    metrics), resumed: step 2 is the uninterrupted run's."""
+    src, uninterrupted = two_learners_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=lambda d, names: ["final"] if Path(d) == src else [])
+    kept = [line for line in (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+            if json.loads(line).get("step", 0) <= 1]
+    (run / "metrics.jsonl").write_text("".join(kept))
+    assert sorted(r["step"] for r in read_metrics(run) if "rl/loss" in r) == [1]
+    assert not (run / "final").exists()
+    assert (run / "checkpoints" / "step_00000001" / "trainer" / "rng_rank1.pt").is_file()  # rank 1's own state
+    rows = _run(tmp_path, assets, **TWO, resume=True)
     assert sorted(rows) == [1, 2]
     for k in KEYS:
-        assert rows[2][k] == pytest.approx(two_learners[2][k], rel=1e-5, abs=1e-7), k
+        assert rows[2][k] == pytest.approx(uninterrupted[2][k], rel=1e-5, abs=1e-7), k
 
 
 def test_shard_rows_balances_tokens_and_needs_a_row_per_learner():
