@@ -65,16 +65,16 @@ def test_policy_loss_on_tiny_model(trees, tokenizer):
     assert torch.isfinite(policy_loss(model, batch, paper, ref_logprobs=logp.detach())[0])
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_forward_equals_padded_rows(trees, tokenizer, attn):
+def test_packed_forward_equals_padded_rows(trees, tokenizer):
     """The learner's packed micro-batches give every thread the log-probs, entropies, values and gradients
-    of its own right-padded row: no token attends across the threads sharing a packed row."""
+    of its own right-padded row: no token attends across the threads sharing a packed row (sdpa, the
+    default; tests/sft/test_packing.py shows transformers' packed-row masking under eager too)."""
     from apr.rl.batch import flat, micro_batches
     from apr.rl.learner import ValueModel
     from apr.rl.logprobs import Packing
 
     out, _ = trees
-    cfg = ModelConfig.preset("tiny", num_layers=2, init_std=0.2, attn_implementation=attn)
+    cfg = ModelConfig.preset("tiny", num_layers=2, init_std=0.2)
     model = build_model(cfg, len(tokenizer), seed=3).train()
     batch = sequences_from_trees(out, rewards=[1.0, 0.0, 1.0, 0.0], group_ids=[0, 0, 1, 1])
     lengths = batch.lengths.tolist()
