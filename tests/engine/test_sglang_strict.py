@@ -67,6 +67,38 @@ def test_disk_updates_are_bracketed_by_a_session_also_when_they_fail(ckpt, tmp_p
         engine.close()
 
 
+def test_a_server_restarted_inside_a_disk_update_session_is_updated_again(ckpt, tmp_path):
+    """A server that restarts between begin_weight_update and end_weight_update has lost the session (its
+    end answers 400): the whole update is done again on it, instead of failing the RL step."""
+    port = _free_port()
+    first = Standin(str(ckpt), port=port).start()
+    servers = [first]
+    engine = SGLangEngine.from_pretrained(str(ckpt), urls=[first.url], weights_dir=str(tmp_path),
+                                          **{**FAST, "max_retries": 6, "backoff_s": 0.1})
+    client = engine._weights.client
+    real_call = client.call
+
+    def call(method, url, path, *args, **kwargs):
+        out = real_call(method, url, path, *args, **kwargs)
+        if path == "/begin_weight_update" and len(servers) == 1:  # the server restarts inside the session
+            first.stop()
+            servers.append(Standin(str(ckpt), port=port).start())
+        return out
+
+    client.call = call
+    try:
+        engine.update_weights_from_disk(ckpt, version=1)
+        second = servers[1]
+        paths = [p for p, _ in second.calls if "weight" in p]
+        assert paths == ["/update_weights_from_disk", "/end_weight_update",  # the session was lost here
+                         "/begin_weight_update", "/update_weights_from_disk", "/end_weight_update"]
+        assert second.weight_version == "1" and not second.is_session_open and engine.policy_version == 1
+    finally:
+        engine.close()
+        for server in servers:
+            server.stop()
+
+
 def test_a_server_from_before_sessions_is_updated_without_one(ckpt, tmp_path):
     with Standin(str(ckpt), version="0.5.10") as s:  # /begin_weight_update answers 404
         engine = SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], weights_dir=str(tmp_path), **FAST)

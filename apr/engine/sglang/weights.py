@@ -6,7 +6,8 @@ bracketed: `POST /begin_weight_update {}` to every server before the first bucke
 /end_weight_update {}` after the last, also when the update failed. A 404 to `begin` is an older
 server that needs no session. Distributed sync needs servers with `--dp-size 1` (SGLang asserts
 it; `client.check_servers` refuses them earlier). `close` calls `/destroy_weights_update_group`
-so a restarted trainer leaves no stale groups on the servers.
+so a restarted trainer leaves no stale groups on the servers. A server that restarts inside a session
+has lost it (its `end` answers 4xx): a disk update is then done again, session and all, once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from apr.engine.sglang.config import SGLangEngineConfig, SGLangError
 log = logging.getLogger(__name__)
 # set on the trainer side of an NCCL weight-sync group, as SGLang's own test_update_weights_from_distributed does
 NCCL_ENV = {"NCCL_CUMEM_ENABLE": "0", "NCCL_NVLS_ENABLE": "0"}
+
+
+class SessionLost(SGLangError):
+    """`/end_weight_update` was refused after the update itself went through: the server has no open
+    session, i.e. it restarted inside it (a new process knows no session), so what it loaded is unknown."""
 
 
 class WeightUpdater:
@@ -58,25 +64,42 @@ class WeightUpdater:
         self._end(opened)
 
     def _end(self, urls: list[str], is_failing: bool = False) -> None:
-        errors = []
+        errors, refused = [], []
         for url in urls:
             try:
-                check_success(url, "/end_weight_update", self.client.call("POST", url, "/end_weight_update", {}))
-            except (SGLangError, ConfigError) as e:
+                answer = self.client.call("POST", url, "/end_weight_update", {})
+            except SGLangError as e:  # an HTTP 4xx answer is a refusal; no answer at all is not
+                (refused if ": HTTP 4" in str(e) else errors).append(e)
+                continue
+            except ConfigError as e:
                 errors.append(e)
-        if errors and is_failing:
-            log.warning("end_weight_update after a failed update: %s", errors[0])
+                continue
+            try:
+                check_success(url, "/end_weight_update", answer)
+            except SGLangError as e:
+                refused.append(e)
+        if (errors or refused) and is_failing:
+            log.warning("end_weight_update after a failed update: %s", (errors + refused)[0])
         elif errors:
             raise errors[0]
+        elif refused:
+            raise SessionLost(f"{refused[0]} (the server restarted inside the weight-update session?)")
 
     # ---- disk ---------------------------------------------------------------------------------
     def from_disk(self, path: str | Path, version: int) -> None:
         """Every server loads the HF checkpoint `path` (readable by all of them) in place; caches flushed."""
         body = {"model_path": str(path), "flush_cache": True, "weight_version": str(version)}
-        with self.session():
-            for url in self.cfg.urls:
-                check_success(url, "/update_weights_from_disk", self.client.call(
-                    "POST", url, "/update_weights_from_disk", body, timeout_s=self.cfg.timeout_s))
+        for attempt in range(2):
+            try:
+                with self.session():
+                    for url in self.cfg.urls:
+                        check_success(url, "/update_weights_from_disk", self.client.call(
+                            "POST", url, "/update_weights_from_disk", body, timeout_s=self.cfg.timeout_s))
+                return
+            except SessionLost as e:
+                if attempt:
+                    raise
+                log.warning("%s: updating from disk again", e)
 
     def write_checkpoint(self, buckets: list[dict], version: int, model_path: str | None) -> Path:
         """The learner's buckets as an HF checkpoint (the served checkpoint's config + model.safetensors)."""
