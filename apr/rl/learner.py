@@ -20,7 +20,7 @@ import torch
 
 from apr.model import load_checkpoint
 from apr.rl.algos import aggregation_denominator, gae
-from apr.rl.batch import SequenceBatch, flat, micro_batches
+from apr.rl.batch import SequenceBatch, micro_batches
 from apr.rl.config import RLConfig
 from apr.rl.logprobs import Packing, batched_logprobs
 from apr.rl.loss import policy_loss, value_loss
@@ -212,10 +212,8 @@ class Learner:
         """Forward + backward of one micro-batch (policy, and critic); (policy loss, value loss, sums).
         `is_real=False`: a weight-0 repeat that only keeps the ranks' collectives matched."""
         cfg = self.cfg
-        rows = flat(group)  # `group`: the micro-batch's packed rows of batch rows
-        sub = batch.select(rows)
-        packing = Packing(sub.ids, sub.lengths, [len(r) for r in group]).to(self.device)
-        sub = sub.to(self.device)
+        rows, sub, packing = Packing.of_group(batch, group)  # `group`: the micro-batch's packed rows of batch rows
+        sub, packing = sub.to(self.device), packing.to(self.device)
         ref = None
         if ref_logprobs is not None:
             ref = ref_logprobs[torch.tensor(rows), :sub.ids.shape[1]].to(self.device)  # (n, t)
@@ -279,9 +277,8 @@ class Learner:
         critic.eval()
         with torch.no_grad():
             for group in micro_batches(batch.lengths.tolist(), self.cfg.train.micro_batch_tokens):
-                rows = flat(group)
-                sub = batch.select(rows)
-                packing = Packing(sub.ids, sub.lengths, [len(r) for r in group]).to(self.device)
+                rows, sub, packing = Packing.of_group(batch, group)
+                packing = packing.to(self.device)
                 with self.autocast():
                     v = critic(sub.ids.to(self.device), packing).float().cpu()  # (n, t)
                 values[torch.tensor(rows), :v.shape[1]] = v

@@ -54,6 +54,13 @@ class Packing:
         self.target_ids = ids[self.targets]  # (M,)
         self.shape = (n, t)
 
+    @classmethod
+    def of_group(cls, batch: SequenceBatch, group: list[list[int]]) -> tuple[list[int], SequenceBatch, Packing]:
+        """One micro-batch of `micro_batches`: its batch rows, its sub-batch (right-padded), their packing."""
+        rows = flat(group)
+        sub = batch.select(rows)
+        return rows, sub, cls(sub.ids, sub.lengths, [len(r) for r in group])
+
     def to(self, device) -> Packing:
         for name in ("ids", "position_ids", "targets", "source", "target_ids"):
             setattr(self, name, getattr(self, name).to(device))
@@ -103,9 +110,8 @@ def batched_logprobs(model, batch: SequenceBatch, max_tokens: int, autocast=cont
     out = torch.zeros(batch.ids.shape)  # (N, T)
     with torch.no_grad():
         for group in micro_batches(batch.lengths.tolist(), max_tokens):
-            rows = flat(group)
-            sub = batch.select(rows)
-            packing = Packing(sub.ids, sub.lengths, [len(r) for r in group]).to(device)
+            rows, sub, packing = Packing.of_group(batch, group)
+            packing = packing.to(device)
             with autocast():
                 logp, _ = token_logprobs(model, sub.ids.to(device), temperature=temperature,
                                          packing=packing)  # (n, t)
