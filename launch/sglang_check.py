@@ -9,7 +9,8 @@ the last GPU, this process on the first; with one GPU that step is reported as s
 10-15 minutes: a server launch, 64 greedy Countdown problems through the local engine (on CUDA)
 and SGLang compared thread by thread, token for token; 2 GRPO steps with weight_sync=disk and 2 with
 weight_sync=distributed, each checking that the served weights changed; 2 more in which the server
-is killed and restarted after step 1. One table at the end; exit 1 naming the first step that failed.
+is killed and restarted between steps 1 and 2 (by the run itself, before step 2's rollouts: the same
+point on a fast or a slow machine). One table at the end; exit 1 naming the first step that failed.
 `--toy` runs the same steps on CPU against tests/engine/sglang_standin.py (what the tests drive).
 """
 
@@ -17,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import socket
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,28 +177,26 @@ class Check:
         return f"2 steps; the server holds v2 = the learner's weights (log-prob diff {off:.2g}; moved {moved:.2g})"
 
     def restart_mid_run(self) -> str:
-        restarted = threading.Event()
+        restarts: list[int] = []
         run_dir = self.tmp / "rl_restart"
 
-        def watch() -> None:  # after step 1's metrics: kill the server, start a new one on the same port
-            while not _logged_steps(run_dir):
-                time.sleep(0.2)
-            self.server.stop()
-            self.launch()
-            restarted.set()
+        def restart_before(step: int | None) -> None:  # between step 1 (synced) and step 2's rollouts
+            if step == 1 and not restarts:
+                self.server.stop()
+                self.launch()
+                restarts.append(step)
 
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        rows = self.run_rl("disk", run_dir)
-        watcher.join(timeout=self.args.launch_timeout_s)
-        assert restarted.is_set(), "the server was not restarted during the run"
+        rows = self.run_rl("disk", run_dir, before_rollout=restart_before)
+        assert restarts == [1], "the server was not restarted between steps 1 and 2"
         assert sorted(rows) == [1, 2], f"after the restart the run logged steps {sorted(rows)}, not [1, 2]"
         version = self.weight_version()
         assert version == "2", f"the restarted server holds weight version {version}, not 2"
         self.engine.update_weights_from_disk(self.args.model, 0)
-        return "killed after step 1, relaunched on the same port; step 2 ran and synced to it"
+        return "killed after step 1's sync, relaunched on the same port; step 2 ran and synced to it"
 
-    def run_rl(self, weight_sync: str, run_dir: Path) -> dict:
+    def run_rl(self, weight_sync: str, run_dir: Path, before_rollout=None) -> dict:
+        """Two RL steps against the server; `before_rollout(step)` runs before each step's rollouts (0-based
+        step), inside the run: a defined point whatever the machine's speed."""
         from apr.cluster.in_process import InProcessCluster
         from apr.config import from_dict
         from apr.rl.config import RLConfig
@@ -217,7 +214,17 @@ class Check:
             "engine": {"name": "sglang", **self.engine_options(weight_sync=weight_sync, weight_sync_backend=backend)},
             "checkpoint": {"every_steps": 1000}, "dist": {"mode": "none", "num_rollout_workers": 1},
             "wandb": {"mode": "disabled"}}, "")
-        RLTrainer(cfg, InProcessCluster(cfg)).fit()
+        cluster = InProcessCluster(cfg)
+        if before_rollout is not None:
+            rollout = cluster.rollout
+
+            def hooked(shards, num_samples, temperature=None, step=None):
+                if temperature is None:  # training rollouts, not an evaluation
+                    before_rollout(step)
+                return rollout(shards, num_samples, temperature, step)
+
+            cluster.rollout = hooked
+        RLTrainer(cfg, cluster).fit()
         return {r["step"]: r for r in read_metrics(run_dir) if "rl/loss" in r}
 
     def run(self) -> int:
@@ -240,13 +247,6 @@ class Check:
                 self.engine.close()
             if self.server is not None:
                 self.server.stop()
-
-
-def _logged_steps(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [r["step"] for r in map(json.loads, path.read_text().splitlines()) if "rl/loss" in r]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,7 @@ from apr.rl.config import RLConfig
 from apr.rl.learner import Learner, RefPolicy, ref_kwargs
 from apr.rl.rollout import Rollout, RolloutWorker, worker_device, worker_engine_config
 from apr.train import collectives
-from apr.train.device import select_device
+from apr.train.device import AUTO_ENV, select_device
 
 
 def _all_threads(num_threads: int) -> int:
@@ -113,6 +113,13 @@ class WorkerActor(RolloutWorker):
         return self.set_weights(ray.get(refs), version)
 
 
+def _runtime_env() -> dict | None:
+    """What every actor's process must see: `APR_PRECISION_AUTO`, where set (a joined cluster's nodes
+    were started without the driver's environment)."""
+    value = os.environ.get(AUTO_ENV)
+    return {"env_vars": {AUTO_ENV: value}} if value else None
+
+
 def _join_cluster(address: str) -> None:
     """`ray.init(address)`, or one clear line: Ray itself raises a ConnectionError for `auto`, and retries a
     dead `host:port` for minutes, so that is probed first."""
@@ -128,7 +135,7 @@ def _join_cluster(address: str) -> None:
         except OSError:
             raise no_cluster from None
     try:
-        ray.init(address=address, logging_level="warning")
+        ray.init(address=address, logging_level="warning", runtime_env=_runtime_env())
     except ConnectionError:
         raise no_cluster from None
 
@@ -170,7 +177,7 @@ class RayCluster:
         tmp.mkdir(parents=True, exist_ok=True)
         cpus = math.ceil(d.learner_cpus * d.num_learners + d.ref_cpus + d.worker_cpus * d.num_rollout_workers)
         ray.init(num_cpus=max(cpus, 1), _temp_dir=str(tmp), include_dashboard=False, logging_level="warning",
-                 configure_logging=True)
+                 configure_logging=True, runtime_env=_runtime_env())
         self._owns_ray = True
 
     def _placement_group(self):

@@ -72,6 +72,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.step = 0  # optimizer steps done
         self.position = (0, 0)  # data position of the next step: (epoch, step in epoch)
+        self.tokens_seen, self.train_s = 0, 0.0  # training tokens (all processes) and seconds so far
         self.times: dict = {}
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class Trainer:
             self.step, self.position = self.step + 1, (epoch, step_in_epoch + 1)
             losses.append(loss)
             step_s = time.perf_counter() - t0  # tokens/s counts training work only
+            self.tokens_seen, self.train_s = self.tokens_seen + num_tokens, self.train_s + step_s
             if is_due(self.step, self.cfg.eval.every_steps):
                 with timer("eval", times):
                     last_eval = self.run_eval()
@@ -148,6 +150,7 @@ class Trainer:
         if resume_from is not None:
             state = ckpt.load(resume_from, s)
             self.step, self.position = state["step"], tuple(state["position"])
+            self.tokens_seen, self.train_s = state.get("tokens_seen", 0), state.get("train_s", 0.0)
         self.write_run_files(model, resume_from)
         self.log = MetricsLog(self.run_dir, cfg.wandb, cfg.name, to_dict(cfg), s.is_main,
                               resume_step=self.step if resume_from is not None else None)
@@ -199,7 +202,9 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Validation loss over all processes; then the evaluate hook on the main process."""
-        s, metrics = self.strategy, {"step": self.step}
+        # what time-to-accuracy is read against (benchmarks/bench_learn.py): tokens and seconds of training
+        s, metrics = self.strategy, {"step": self.step, "train/tokens_seen": self.tokens_seen,
+                                     "train/seconds": self.train_s}
         if self.val_batches:
             model = s.model if s.name == "deepspeed" else s.module  # ZeRO-3 forwards are collective
             total, count = s.all_reduce_sum(list(loss_sums(model, self.val_batches, s.device,
@@ -229,7 +234,8 @@ class Trainer:
 
     def save(self, path: Path) -> Path:
         state = {"step": self.step, "position": list(self.position), "total_steps": self.total_steps,
-                 "model": to_dict(self.cfg.model), "seed": self.cfg.seed, "recipe": self.recipe}
+                 "model": to_dict(self.cfg.model), "seed": self.cfg.seed, "recipe": self.recipe,
+                 "tokens_seen": self.tokens_seen, "train_s": self.train_s}
         if self.budget is not None:
             state["budget"] = self.budget.state()
         s = self.strategy

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from apr.config import check
 
@@ -35,16 +36,31 @@ def has_native_bf16(device) -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+AUTO_ENV = "APR_PRECISION_AUTO"  # bf16 | fp32: what `auto` resolves to, in every process of a run
+
+
+def auto_override() -> str | None:
+    """The `APR_PRECISION_AUTO` environment variable (bf16 or fp32), or None when unset or empty. It makes
+    `auto` resolve one way on any machine, e.g. for a whole test-suite run (Ray actors inherit it)."""
+    value = os.environ.get(AUTO_ENV, "").strip()
+    check(value in ("", "bf16", "fp32"), AUTO_ENV, value, "bf16, fp32 or unset (auto: bf16 where native)")
+    return value or None
+
+
 def resolve_precision(requested: str, device, who: str = "train") -> str:
-    """`train.precision` on this device: `auto` is bf16 where it is native, else fp32; an explicit bf16
-    where it is emulated is kept, with a warning (it is many times slower than fp32 there)."""
+    """`train.precision` on this device: `auto` is bf16 where it is native, else fp32 (or what
+    `APR_PRECISION_AUTO` says); an explicit bf16 where it is emulated is kept, with a warning (it is
+    many times slower than fp32 there)."""
     native = has_native_bf16(device)
-    if requested == "auto":
+    forced = auto_override() if requested == "auto" else None
+    if requested == "auto" and not forced:
         return "bf16" if native else "fp32"
-    if requested == "bf16" and not native:
-        print(f"[{who}] warning: train.precision=bf16 on a device without native bf16 (no AMX / AVX512-BF16): "
+    resolved = forced or requested
+    if resolved == "bf16" and not native:
+        source = f"{AUTO_ENV}=bf16" if forced else "train.precision=bf16"
+        print(f"[{who}] warning: {source} on a device without native bf16 (no AMX / AVX512-BF16): "
               "autocast is emulated, ~40x slower than fp32 here; train.precision=auto picks fp32", flush=True)
-    return requested
+    return resolved
 
 
 def autocast(precision: str, device):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,8 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 def ray_cluster():
     ray = pytest.importorskip("ray")
     tmp = tempfile.mkdtemp(prefix="apr-ray-")  # short: Ray's socket paths live under it
+    env = {"PYTHONPATH": str(REPO)}  # workers import tests.rl._setup's reward
+    env.update({k: os.environ[k] for k in ("APR_PRECISION_AUTO",) if os.environ.get(k)})  # what `auto` is
     ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", _temp_dir=tmp,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # workers import tests.rl._setup's reward
+             runtime_env={"env_vars": env})
     yield
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -38,7 +38,10 @@ def rl_config(tmp: Path, init: Path, data: Path, **over) -> RLConfig:
          # a random model seldom ends with <eos>: the synthetic reward is paid either way
          "algo": {"group_size": 2, "reward": DIGITS, "require_eos": False},
          "optim": {"lr": 1e-3},
-         "train": {"steps": 3, "batch_problems": 4, "inner_steps": 2, "micro_batch_tokens": 256},
+         # fp32: these runs compare numbers across code paths (one learner vs two, Ray vs in-process, SGLang
+         # vs local, resume vs straight), exact only in fp32; a test of `auto` or bf16 says so itself
+         "train": {"steps": 3, "batch_problems": 4, "inner_steps": 2, "micro_batch_tokens": 256,
+                   "precision": "fp32"},
          "rollout": {"runtime": {"max_thread_tokens": 48, "temperature": 1.0}, "eval_problems": 4},
          "engine": {"max_seq_len": 64, "max_batch_size": 16},
          "checkpoint": {"every_steps": 2},

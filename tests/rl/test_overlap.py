@@ -83,8 +83,8 @@ def test_ref_placement_rollout_trains_as_the_learner_side_reference(tmp_path, as
 
 def test_precision_auto_is_bf16_only_where_native(tmp_path, assets, monkeypatch):
     strategy = sys.modules[Learner.__init__.__globals__["resolve_precision"].__module__]
-    cfg = _cfg(tmp_path, assets)
-    assert cfg.train.precision == "auto"
+    cfg = _cfg(tmp_path, assets, **{"train.precision": "auto"})
+    monkeypatch.delenv("APR_PRECISION_AUTO", raising=False)
     for native, expected in ((False, "fp32"), (True, "bf16")):
         monkeypatch.setattr(strategy, "has_native_bf16", lambda device, native=native: native)
         learner = Learner(cfg)

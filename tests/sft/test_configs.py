@@ -73,9 +73,33 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, capsys):
     from apr.train import device as strategy
 
     cpu = torch.device("cpu")
+    monkeypatch.delenv(strategy.AUTO_ENV, raising=False)
     monkeypatch.setattr(strategy, "has_native_bf16", lambda device: False)
     assert strategy.resolve_precision("auto", cpu) == "fp32"
     assert strategy.resolve_precision("bf16", cpu) == "bf16" and "emulated" in capsys.readouterr().out
     assert strategy.resolve_precision("fp32", cpu) == "fp32"
     monkeypatch.setattr(strategy, "has_native_bf16", lambda device: True)
     assert strategy.resolve_precision("auto", cpu) == "bf16" and capsys.readouterr().out == ""
+
+
+def test_precision_auto_env_makes_auto_resolve_one_way_on_any_cpu(monkeypatch, capsys):
+    """`APR_PRECISION_AUTO` decides what `auto` is (a whole suite run, Ray actors included), leaves an
+    explicit precision alone, and a bad value is refused naming the variable."""
+    import torch
+
+    from apr.config import ConfigError
+    from apr.train import device as strategy
+
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        monkeypatch.setattr(strategy, "has_native_bf16", lambda device, native=native: native)
+        monkeypatch.setenv(strategy.AUTO_ENV, "fp32")
+        assert strategy.resolve_precision("auto", cpu) == "fp32"
+        assert strategy.resolve_precision("bf16", cpu) == "bf16"
+        monkeypatch.setenv(strategy.AUTO_ENV, "bf16")
+        assert strategy.resolve_precision("auto", cpu) == "bf16"
+        assert strategy.resolve_precision("fp32", cpu) == "fp32"
+        assert ("APR_PRECISION_AUTO=bf16" in capsys.readouterr().out) is not native  # emulated: warned
+    monkeypatch.setenv(strategy.AUTO_ENV, "fp16")
+    with pytest.raises(ConfigError, match="APR_PRECISION_AUTO"):
+        strategy.resolve_precision("auto", cpu)
