@@ -29,25 +29,32 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# N=3 Countdown: data, a tiny APR model (~12 min of CPU), a few GRPO steps on a local Ray cluster,
-# held-out evaluation, runs/quickstart/REPORT.md. Re-running resumes (finished stages are skipped).
+# N=3 Countdown: data, a tiny APR model and its SoS+ twin (the same recipe and budget), a few GRPO steps of the
+# APR model on a local Ray cluster, held-out evaluation of all three at windows 192-512 (SoS+ traces reach ~470
+# tokens, so 512 holds every N=3 thread), runs/quickstart/REPORT.md. Re-running resumes (finished stages are skipped).
 QS := runs/quickstart
-# minutes of SFT training (train.max_minutes): the same wall time on a fast or a slow machine; 10 gives the
-# recipe's ~1,100 steps on a quiet 2-core CPU (~37% test accuracy, docs/RESULTS.md), fewer on a loaded one
+# minutes of SFT training (train.max_minutes) for each of the two models: the same wall time on a fast or a slow
+# machine; 10 gives the recipe's ~1,100 steps on a quiet 2-core CPU (~37% test accuracy for APR, docs/RESULTS.md),
+# fewer on a loaded one
 QS_SFT_MINUTES ?= 10
+# the SFT budget, shared by the APR and the SoS+ model (change it here, once)
+QS_SFT_ARGS ?= train.max_minutes=$(QS_SFT_MINUTES) train.max_steps=null
+QS_WINDOWS := [192,256,320,384,512]
 quickstart: $(STAMP)
 	@test -f $(QS)/data/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=20000 \
-		data.num_val=200 data.num_test=200 data.out_dir=$(QS)/data
+		data.num_val=200 data.num_test=200 'data.windows=$(QS_WINDOWS)' data.out_dir=$(QS)/data
 	@test -f $(QS)/sft/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n3_tiny_apr name=quickstart \
-		data.dir=$(QS)/data run_dir=$(QS)/sft resume=true train.max_minutes=$(QS_SFT_MINUTES) train.max_steps=null
+		data.dir=$(QS)/data run_dir=$(QS)/sft resume=true $(QS_SFT_ARGS)
+	@test -f $(QS)/sft_sosp/final/config.json || $(BIN)/python -m apr.cli.sft +sft=n3_tiny_sosp name=quickstart_sosp \
+		data.dir=$(QS)/data run_dir=$(QS)/sft_sosp resume=true $(QS_SFT_ARGS)
 	@test -f $(QS)/rl/final/config.json || $(BIN)/python -m apr.cli.rl +rl=n3_tiny name=quickstart_rl \
 		init=$(QS)/sft/final data.dir=$(QS)/data run_dir=$(QS)/rl train.steps=4 checkpoint.every_steps=2 \
 		rollout.eval_problems=0 resume=true
-	$(BIN)/python -m apr.cli.eval models.sosp=null models.apr=$(QS)/sft/final +models.apr_rl=$(QS)/rl/final \
-		data_dir=$(QS)/data num_problems=200 out_dir=$(QS)/eval eval.max_thread_tokens=512 \
-		'eval.windows=[256,384,512]' 'eval.temperatures=[0.0]' eval.cons_pass_n=0
+	$(BIN)/python -m apr.cli.eval models.sosp=$(QS)/sft_sosp/final models.apr=$(QS)/sft/final \
+		+models.apr_rl=$(QS)/rl/final data_dir=$(QS)/data num_problems=200 out_dir=$(QS)/eval \
+		eval.max_thread_tokens=512 'eval.windows=$(QS_WINDOWS)' 'eval.temperatures=[0.0]' eval.cons_pass_n=0
 	$(BIN)/python -m apr.cli.report --root $(QS)
-	@echo "report: $(QS)/REPORT.md  (data: $(QS)/data/stats.md, models: $(QS)/sft/final $(QS)/rl/final)"
+	@echo "report: $(QS)/REPORT.md  (data: $(QS)/data/stats.md, models: $(QS)/sft/final $(QS)/sft_sosp/final $(QS)/rl/final)"
 
 # The N=4 reproduction at small scale (docs/RESULTS.md): data, SoS+ and APR SFT of the `small` model,
 # GRPO of both, evaluation of all four on 500 test problems. ~8-10 hours on 2 CPU cores; every stage

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["apr.config", "apr.search.trace", "apr.search.heuristics", "apr.search.solvers", "apr.protocol",
-           "apr.tokenizer", "apr.model.integrity", "apr.scoring"]
+           "apr.tokenizer", "apr.model.integrity", "apr.scoring", "apr.runtime.thread"]
 
 
 @pytest.mark.parametrize("module", MODULES)

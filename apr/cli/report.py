@@ -1,4 +1,4 @@
-"""Write `<root>/REPORT.md` for a quickstart-style run directory (data/, sft/, rl/, eval/).
+"""Write `<root>/REPORT.md` for a quickstart-style run directory (data/, sft/, sft_sosp/, rl/, eval/).
 
     python -m apr.cli.report --root runs/quickstart
 """
@@ -11,7 +11,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="apr report", description=__doc__.split("\n")[0])
-    p.add_argument("--root", default="runs/quickstart", help="the run directory holding data/, sft/, rl/, eval/")
+    p.add_argument("--root", default="runs/quickstart", help="the run directory holding data/, sft/, sft_sosp/, rl/, eval/")
     p.add_argument("--model", default=None, help="checkpoint for the example tree (default: rl/final, else sft/final)")
     args = p.parse_args(argv)
     from pathlib import Path
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     from apr.config import ConfigError
     from apr.eval.quickstart import write_quickstart_report
 
-    parts = ("data", "sft", "rl", "eval")
+    parts = ("data", "sft", "sft_sosp", "rl", "eval")
     try:
         if not Path(args.root).is_dir() or not any((Path(args.root) / d).is_dir() for d in parts):
             raise ConfigError(f"--root: {args.root!r} is not a run directory holding any of {', '.join(parts)}; "

@@ -5,13 +5,19 @@ accuracy_vs_total_tokens.png     conditioning points (APR `threads N`, SoS+ `bud
 accuracy_vs_sequential_tokens.png  the same settings against the longest chain of dependent tokens
 accuracy_vs_latency.png          the same settings against measured wall-clock seconds per problem
 rl_before_after.png              `<name>` vs `<name>_rl`: accuracy, child threads, tokens (if pairs ran)
+plot_thread_timeline             one thread tree over decode steps: a bar per thread, spawns and joins marked
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apr.eval.report import greedy
+
+if TYPE_CHECKING:
+    from apr.runtime import Span
 
 
 def _pyplot():
@@ -122,6 +128,43 @@ def plot_rl_before_after(summary: dict, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_thread_timeline(spans: Sequence[Span], path: Path, title: str = "Thread timeline") -> Path:
+    """One row per thread (`Thread.timeline()`, root on top, children below their parent) over decode steps:
+    solid where it generates, hatched while it waits for its children; a triangle where a parent spawns,
+    a dot where a child joins."""
+    plt = _pyplot()
+    row = {s.index: i for i, s in enumerate(spans)}
+    fig, ax = plt.subplots(figsize=(7, max(2.2, 0.9 + 0.32 * len(spans))))
+    for s in spans:
+        y, color = row[s.index], f"C{s.depth % 10}"
+        ax.broken_barh([(a, b - a) for a, b in s.running], (y - 0.35, 0.7), facecolors=color)
+        ax.broken_barh([(a, b - a) for a, b in s.pauses if b > a], (y - 0.35, 0.7), facecolors="none",
+                       edgecolors=color, hatch="///", linewidth=0.5)
+        for spawn_step, _ in s.pauses:
+            ax.plot(spawn_step, y, marker="v", color="k", markersize=6, linestyle="none")
+        if s.parent is not None:
+            ax.plot([s.start_step, s.start_step], [row[s.parent], y], color="0.6", linewidth=0.6, zorder=0)
+            ax.plot(s.end_step, y, marker="o", color="k", markersize=4, linestyle="none")
+    handles = [plt.Line2D([], [], marker="v", color="k", linestyle="none", label="spawn"),
+               plt.Line2D([], [], marker="o", color="k", linestyle="none", markersize=4, label="join"),
+               plt.Rectangle((0, 0), 1, 1, facecolor="none", edgecolor="0.3", hatch="///", label="waiting")]
+    ax.legend(handles=handles, fontsize=7, loc="lower left")  # children start after the root's first spawn
+    ax.set_yticks(range(len(spans)), [_thread_label(s) for s in spans], fontsize=7)
+    ax.set_ylim(len(spans) - 0.5, -0.5)  # the root on top
+    ax.set_xlim(0, max((s.end_step for s in spans), default=1) * 1.02 or 1)
+    ax.set_xlabel("decode step (tokens generated one after another)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _thread_label(s: Span) -> str:
+    return "root" if s.parent is None else f"thread {s.index} <- {s.parent}"
 
 
 def plot_all(summary: dict, out_dir: Path) -> list[Path]:

@@ -2,6 +2,6 @@
 
 from apr.runtime.config import RuntimeConfig
 from apr.runtime.runtime import Runtime
-from apr.runtime.thread import Finish, Status, Thread, ThreadTree
+from apr.runtime.thread import Finish, Span, Status, Thread, ThreadTree
 
-__all__ = ["Finish", "Runtime", "RuntimeConfig", "Status", "Thread", "ThreadTree"]
+__all__ = ["Finish", "Runtime", "RuntimeConfig", "Span", "Status", "Thread", "ThreadTree"]

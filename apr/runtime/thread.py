@@ -27,6 +27,29 @@ class Finish:
     ABORT = "abort"
 
 
+@dataclass(frozen=True)
+class Span:
+    """When one thread ran, in decode steps of its tree (`Thread.timeline`).
+
+    >>> s = Span(0, None, 0, 0, 30, ((10, 25),))   # spawned at step 10, resumed at 25
+    >>> s.running
+    [(0, 10), (25, 30)]
+    """
+
+    index: int  # the thread's index in its tree
+    parent: int | None  # the parent's index (None for the root)
+    depth: int
+    start_step: int  # the step its parent spawned it (0 for the root)
+    end_step: int  # the step after its last generated token
+    pauses: tuple[tuple[int, int], ...] = ()  # (spawn step, resume step) per spawn: waiting for its children
+
+    @property
+    def running(self) -> list[tuple[int, int]]:
+        """The (start, end) steps it spent generating: its span without the pauses."""
+        edges = [self.start_step, *(x for pause in self.pauses for x in pause), self.end_step]
+        return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
+
+
 @dataclass
 class Thread:
     """A thread: its context, what it generated (and what the runtime wrote), and its children."""
@@ -72,7 +95,46 @@ class Thread:
 
     def sequential_tokens(self) -> int:
         """Tokens generated one after another along this thread, each spawn waiting for its slowest child."""
-        return self.num_generated + sum(max((c.sequential_tokens() for c in g), default=0) for g in self.children)
+        span = self.timeline()[0]
+        return span.end_step - span.start_step
+
+    def spawn_offsets(self) -> list[int]:
+        """Tokens this thread had generated when it emitted each spawn (one per child group).
+
+        The runtime writes a results block (mask 0) right where a spawn's children joined and nowhere
+        else, so a spawn sits where a run of runtime-written ids begins; a last group whose results
+        were never written (the thread was cut while waiting) spawned after all its tokens.
+        """
+        out, generated, previous = [], 0, 1
+        for m in self.mask:
+            if not m and previous:
+                out.append(generated)
+            generated += m
+            previous = m
+        return (out + [generated] * len(self.children))[:len(self.children)]
+
+    def timeline(self, start_step: int = 0) -> list[Span]:
+        """When this thread and its descendants ran, in decode steps, depth first (this thread first).
+
+        A decode step is one token generated after another: children start at the step their parent
+        spawned them, the parent waits until its slowest child joined, then goes on.
+        """
+        spans: list[Span] = []
+        pauses: list[tuple[int, int]] = []
+        step, done = start_step, 0
+        for group, offset in zip(self.children, self.spawn_offsets()):
+            step += offset - done
+            done = offset
+            resume = step
+            for child in group:
+                sub = child.timeline(step)
+                resume = max(resume, sub[0].end_step)
+                spans += sub
+            pauses.append((step, resume))
+            step = resume
+        step += self.num_generated - done
+        parent = None if self.parent is None else self.parent.index
+        return [Span(self.index, parent, self.depth, start_step, step, tuple(pauses)), *spans]
 
     def descendants(self) -> Iterator[Thread]:
         """This thread and its descendants, depth first, parents before children."""
