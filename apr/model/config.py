@@ -22,6 +22,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = True
     init_std: float = 0.02
+    # how number tokens' embeddings start: random (as every other token), or numeric (apr.model.hf:
+    # sin/cos of the value at log-spaced periods in half the dimensions, the same start for "7" and " 7")
+    number_init: str = "random"
     # sdpa (default; packed rows get a block-diagonal mask from position_ids), eager, or
     # flash_attention_2 (CUDA only, needs the flash-attn package)
     attn_implementation: str = "sdpa"
@@ -33,6 +36,8 @@ class ModelConfig:
               f"a divisor of model.hidden_size ({self.hidden_size})")
         kv = self.num_kv_heads or self.num_heads
         check(self.num_heads % kv == 0, "model.num_kv_heads", self.num_kv_heads, "a divisor of model.num_heads")
+        check(self.number_init in ("random", "numeric"), "model.number_init", self.number_init,
+              "random or numeric")
         check(self.attn_implementation in ATTN_IMPLEMENTATIONS, "model.attn_implementation",
               self.attn_implementation, ", ".join(ATTN_IMPLEMENTATIONS))
 

@@ -26,7 +26,56 @@ def build_for_tokenizer(cfg: ModelConfig, tokenizer, seed: int = 0):
     model = build_model(cfg, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=seed)
     set_generation_ids(model, tokenizer)
+    if cfg.number_init == "numeric":
+        init_number_embeddings(model, tokenizer, cfg.init_std, seed)
     return model
+
+
+def number_token_values(tokenizer) -> dict[int, int]:
+    """{token id: integer value} of the number tokens ("7" and " 7" alike)."""
+    return {i: int(w.strip()) for w, i in tokenizer.get_vocab().items() if w.strip().isdigit()}
+
+
+def init_number_embeddings(model, tokenizer, std: float, seed: int = 0) -> int:
+    """Start every number token's embedding from its value: sin/cos of 2*pi*n/p at log-spaced periods p
+    (2 ... 4 x the largest number) in the first half of the dimensions, a random part per value in the
+    other half, and one shared direction for the spaced form (" 7" vs "7"), all at `std` per dimension.
+    Sums and differences are then rotations of these features, which a SwiGLU block can compute, and a
+    number is copied or compared by its value from the first step. Returns how many tokens it set.
+
+        >>> from apr.tokenizer import build_tokenizer
+        >>> tok = build_tokenizer()
+        >>> model = build_for_tokenizer(ModelConfig.preset("tiny", number_init="numeric"), tok)
+        >>> w = model.get_input_embeddings().weight
+        >>> a, sa, b, sb = tok.convert_tokens_to_ids(["7", " 7", "8", " 8"])
+        >>> bool(((w[sa] - w[a]) - (w[sb] - w[b])).abs().max() < 1e-6), bool((w[a] == w[b]).all())
+        (True, False)
+    """
+    import math
+
+    import torch
+
+    values = number_token_values(tokenizer)
+    if not values:
+        return 0
+    weight = model.get_input_embeddings().weight  # (V, H)
+    hidden = weight.shape[1]
+    num_freq = hidden // 4
+    gen = torch.Generator().manual_seed(seed + 1)
+    periods = torch.logspace(math.log10(2.0), math.log10(4.0 * max(values.values()) + 4), num_freq)  # (F,)
+    value_ids = sorted(set(values.values()))
+    rand = torch.randn(len(value_ids), hidden - 2 * num_freq, generator=gen) * std  # (N, H - 2F)
+    row_of = {v: k for k, v in enumerate(value_ids)}
+    spaced = torch.randn(hidden, generator=gen) * std * 0.5  # (H,)
+    with torch.no_grad():
+        for token_id, n in values.items():
+            angle = 2 * math.pi * n / periods  # (F,)
+            feats = torch.cat([torch.sin(angle), torch.cos(angle)]) * std * math.sqrt(2)  # (2F,)
+            row = torch.cat([feats, rand[row_of[n]]])  # (H,)
+            if tokenizer.convert_ids_to_tokens(token_id).startswith((" ", "\u0120")):
+                row = row + spaced
+            weight[token_id] = row.to(weight.dtype)
+    return len(values)
 
 
 def set_generation_ids(model, tokenizer) -> None:

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,8 +47,10 @@ class SFTDataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to `min_lr_ratio * lr`."""
+    """AdamW (or Muon on the hidden matrices) with linear warmup then cosine decay to `min_lr_ratio * lr`."""
 
+    name: Literal["adamw", "muon"] = "adamw"  # muon: apr.train.optim.MuonAdamW
+    muon_momentum: float = 0.95
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -56,7 +60,8 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
 
     def __post_init__(self) -> None:
-        check(self.lr > 0, "optim.lr", self.lr, "a positive number")
+        check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", self.lr, "a positive finite number")
+        check(0 <= self.muon_momentum < 1, "optim.muon_momentum", self.muon_momentum, "a number in [0, 1)")
         check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
         check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
         check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
@@ -80,6 +85,9 @@ class TrainConfig:
     # minutes of training (apr.train.budget): the schedule follows the clock and the run ends, finished,
     # at the deadline; max_steps (if set) still caps the steps, num_epochs is not used. None: by steps
     max_minutes: float | None = None
+    # training tokens (non-padding, all processes): the steps that hold about this many (epoch 0's mean
+    # tokens per step); the same amount of learning on any machine. max_steps (if set) still caps the steps
+    max_tokens: float | None = None
     num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     # torch.compile the training forward (strategy torch): ~1.3x for the tiny model on this CPU after
     # ~40 s of compiling; falls back to eager, with a warning, where compiling fails (no C++ compiler).
@@ -96,6 +104,8 @@ class TrainConfig:
         check(self.num_epochs >= 1, "train.num_epochs", self.num_epochs, "a positive integer")
         check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes", self.max_minutes,
               "null or a positive number of minutes")
+        check(self.max_tokens is None or self.max_tokens > 0, "train.max_tokens", self.max_tokens,
+              "null or a positive number of tokens")
         check(self.num_threads >= 0, "train.num_threads", self.num_threads, "an integer >= 0")
 
 

@@ -12,6 +12,7 @@ generated tokens, normalised by the step's target count over all processes and m
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -136,8 +137,7 @@ class Trainer:
                                    cfg.train.grad_accum_steps, cfg.seed, s.rank, s.world_size)
         self.val_batches = eval_batches(self.data.val, cfg.data.max_seq_len, pad, cfg.train.batch_rows,
                                         s.rank, s.world_size)
-        self.total_steps = cfg.train.max_steps or (
-            None if cfg.train.max_minutes else cfg.train.num_epochs * self.loader.steps_in_epoch(0))
+        self.total_steps = total_steps(cfg.train, self.loader)
         self.recipe = run_recipe(cfg, self.total_steps)
         resume_from = ckpt.latest(self.run_dir, self.say, s.is_main) if cfg.resume else None
         if cfg.resume and resume_from is None:
@@ -264,6 +264,7 @@ class Trainer:
         params = count_parameters(model)
         info = {"parameters": params, "total_steps": self.total_steps, "resumed_from": str(resume_from or ""),
                 "world_size": self.strategy.world_size, "strategy": self.strategy.name,
+                "precision": self.strategy.precision,
                 "data": {k: r.to_dict() for k, r in self.data.reports.items()},
                 "packing_efficiency_epoch0": _epoch_packing(self.loader, self.cfg.data.max_seq_len),
                 "num_train_sequences": len(self.data.train), "num_val_sequences": len(self.data.val)}
@@ -286,6 +287,16 @@ def make_strategy(cfg: SFTConfig):
     device = select_device(t.device, launch_rank()[2])
     return STRATEGIES[t.strategy](device, resolve_precision(t.precision, device, "sft"), zero_stage=t.zero_stage,
                                   compile=t.compile, reduce="ddp", grad_clip=cfg.optim.grad_clip)
+
+
+def total_steps(t, loader: PackedLoader) -> int | None:
+    """Optimizer steps of the run: `max_steps`; or those holding `max_tokens` (epoch 0's mean tokens per
+    step; capped by `max_steps`); None under a time budget alone; else `num_epochs` epochs."""
+    if t.max_tokens:
+        per_step = int(loader.seqs.lengths.sum()) / loader.steps_in_epoch(0)
+        by_tokens = max(1, math.ceil(t.max_tokens / per_step))
+        return min(by_tokens, t.max_steps) if t.max_steps else by_tokens
+    return t.max_steps or (None if t.max_minutes else t.num_epochs * loader.steps_in_epoch(0))
 
 
 def run_recipe(cfg: SFTConfig, total_steps: int | None) -> dict:

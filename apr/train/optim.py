@@ -34,15 +34,122 @@ def _cosine(progress: float, min_ratio: float) -> float:
 
 
 def build_optimizer(model, optim, lr: float | None = None):
-    """`torch.optim.AdamW` from `optim` (`lr`, `weight_decay`, `betas`, `eps`; `lr` overrides, e.g. the
-    critic's); matrices (dim >= 2) get weight decay, norms and biases do not."""
+    """The optimizer `optim.name` names (`adamw` if the config has none), with `optim.lr` (`lr` overrides,
+    e.g. the critic's), `weight_decay`, `betas`, `eps`:
+    - `adamw`: `torch.optim.AdamW`; matrices (dim >= 2) get weight decay, norms and biases do not;
+    - `muon`: `MuonAdamW`: Muon on the hidden matrices of the blocks, AdamW on embeddings, the output
+      head, norms and biases (the nanoGPT speedrun's split), one learning rate for both."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr if lr is None else lr, betas=tuple(optim.betas), eps=optim.eps)
+    name = getattr(optim, "name", "adamw")
+    lr = optim.lr if lr is None else lr
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for _, p in params if p.dim() >= 2]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    if name == "adamw":
+        groups = [{"params": decay, "weight_decay": optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps)
+    hidden = [p for n, p in params if p.dim() == 2 and not _is_embedding(n, p, model)]
+    ids = {id(p) for p in hidden}
+    other = [p for p in decay if id(p) not in ids]
+    groups = [{"params": hidden, "use_muon": True, "weight_decay": optim.weight_decay},
+              {"params": other, "use_muon": False, "weight_decay": optim.weight_decay},
+              {"params": no_decay, "use_muon": False, "weight_decay": 0.0}]
+    return _muon_optimizer_class_cached()([g for g in groups if g["params"]], lr=lr, betas=tuple(optim.betas), eps=optim.eps,
+                     momentum=getattr(optim, "muon_momentum", 0.95))
+
+
+def _is_embedding(name: str, param, model) -> bool:
+    """Input embeddings and output heads (tied or not) stay on AdamW: Muon is for hidden matrices."""
+    heads = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None] \
+        if hasattr(model, "get_input_embeddings") else []
+    return any(param is h for h in heads) or "embed" in name or "lm_head" in name
+
+
+def orthogonalize(grad, steps: int = 5, eps: float = 1e-7):
+    """The Newton-Schulz iteration of Muon (Keller Jordan's quintic coefficients): a matrix close to
+    U V^T of `grad`'s SVD, in fp32.
+
+        >>> import torch
+        >>> s = torch.linalg.svdvals(orthogonalize(torch.randn(64, 32)))
+        >>> bool(((s > 0.6) & (s < 1.2)).all())
+        True
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = grad.float()  # (m, n)
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T  # (rows <= cols)
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.T  # (rows, rows)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+def _muon_optimizer_class():
+    import torch
+
+    class MuonAdamW(torch.optim.Optimizer):
+        """Muon (momentum, Nesterov, orthogonalised update scaled to AdamW's RMS: 0.2 * sqrt(max(m, n)),
+        as Moonshot's "Muon is Scalable", so one `lr` serves both) for groups with `use_muon`; AdamW
+        for the others. Decoupled weight decay on both."""
+
+        def __init__(self, groups, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95):
+            defaults = {"lr": lr, "betas": betas, "eps": eps, "momentum": momentum, "weight_decay": 0.0,
+                        "use_muon": False}
+            super().__init__(groups, defaults)
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        (self._muon if group["use_muon"] else self._adamw)(p, group)
+            return loss
+
+        def _muon(self, p, group) -> None:
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - group["momentum"])
+            update = orthogonalize(p.grad.lerp(buf, group["momentum"]))  # Nesterov
+            scale = 0.2 * max(p.shape) ** 0.5
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+
+        def _adamw(self, p, group) -> None:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            state["step"] += 1
+            t = float(state["step"])
+            (b1, b2), m, v = group["betas"], state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1 ** t))
+
+    return MuonAdamW
+
+
+def _muon_optimizer_class_cached():
+    if "MuonAdamW" not in globals():
+        globals()["MuonAdamW"] = _muon_optimizer_class()
+    return globals()["MuonAdamW"]
+
+
+def __getattr__(name: str):
+    if name == "MuonAdamW":  # built on first use: `import apr.train.optim` stays free of torch
+        return _muon_optimizer_class_cached()
+    raise AttributeError(name)
 
 
 def build_scheduler(optimizer, optim, total_steps: int | None, budget: TimeBudget | None = None):
