@@ -21,6 +21,9 @@ class SearchConfig:
     heuristics: tuple[str, ...] = ("sum", "mult")  # one drawn per trace
     max_depth: int = 1  # APR: how many levels of threads may spawn (the paper: 1)
     condition: bool = False  # prefix the root prompt with `threads N` (apr) / `budget B` (sosp)
+    # the order of an expansion's successor lines: shuffled (Pan et al.) or ranked (best first, the order
+    # SoS+ dives into and APR spawns them); the same search either way, only the lines' order and ids differ
+    order: str = "shuffled"
 
     def __post_init__(self) -> None:
         check(self.algorithm in ALGORITHMS, "search.algorithm", self.algorithm, ", ".join(ALGORITHMS))
@@ -33,4 +36,5 @@ class SearchConfig:
               "a non-empty list of " + ", ".join(HEURISTICS))
         for h in self.heuristics:
             check(h in HEURISTICS, "search.heuristics", h, ", ".join(HEURISTICS))
+        check(self.order in ("shuffled", "ranked"), "search.order", self.order, "shuffled or ranked")
         check(self.max_depth >= 0, "search.max_depth", self.max_depth, "an integer >= 0")

@@ -1,8 +1,9 @@
 """SoS+ and APR symbolic solvers (Pan et al. 2025, Algorithms 1 and 2) writing thread-tree traces.
 
 Both run the same heuristic beam search: pop the K best open nodes, expand each (every pair of
-numbers x every `combine` move), keep the K best successors, shuffle them, and write a line per
-successor. An expansion is *promising* with probability p:
+numbers x every `combine` move), keep the K best successors, write a line per successor (in random
+order, Pan et al.'s traces, or with `order=ranked` best first: the order they are explored, dived
+into or spawned, so that a model copies that order instead of ranking the lines again). An expansion is *promising* with probability p:
 - SoS+ then explores each successor depth first, in line, in the same thread (`dive`);
 - APR instead spawns one child thread per successor (when there are at least two); each child
   runs the same search with beam Ks and joins back only its successful path (or nothing).
@@ -53,7 +54,9 @@ class SearchResult:
 class _Searcher:
     """State shared by every thread of one trace: target, heuristic, RNG, node counter."""
 
-    def __init__(self, problem: Problem, heuristic: Heuristic, rng: random.Random, p: float) -> None:
+    def __init__(self, problem: Problem, heuristic: Heuristic, rng: random.Random, p: float,
+                 order: str = "shuffled") -> None:
+        self.order = order
         self.target = problem.target
         self.heuristic = heuristic
         self.rng = rng
@@ -72,7 +75,8 @@ class _Searcher:
                 succ.append(self.node(rest + (op.result,), node.ops + (op,), ()))
         succ.sort()
         succ = succ[:beam]
-        self.rng.shuffle(succ)  # so the first explored is not always the best ranked
+        if self.order == "shuffled":  # node ids in random order; the search still explores best first
+            self.rng.shuffle(succ)
         kept: list[_Node] = []
         for s in succ:
             if len(s.nums) == 1:
@@ -175,7 +179,7 @@ def solve(problem: Problem, cfg: SearchConfig, seed: int = 0) -> SearchResult:
     beam = rng.randint(*cfg.beam_size)
     sub_beam = rng.randint(*cfg.sub_beam_size)
     hname = rng.choice(list(cfg.heuristics))
-    s = _Searcher(problem, HEURISTICS[hname], rng, cfg.promising_prob)
+    s = _Searcher(problem, HEURISTICS[hname], rng, cfg.promising_prob, cfg.order)
     start = s.node(tuple(problem.numbers), (), (0,))
     if cfg.algorithm == "sosp":
         out: list[str] = []

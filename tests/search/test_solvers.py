@@ -138,7 +138,37 @@ def test_trace_lines_are_in_the_format():
 
 @pytest.mark.parametrize("field,value", [("heuristics", ("sum", "nope")), ("beam_size", (0, 3)),
                                          ("beam_size", (4, 2)), ("promising_prob", 1.5),
-                                         ("algorithm", "bfs"), ("max_depth", -1)])
+                                         ("algorithm", "bfs"), ("max_depth", -1), ("order", "sorted")])
 def test_bad_search_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"search.{field}"):
         SearchConfig(**{field: value})
+
+
+def _gen_ids(text: str) -> list[str]:
+    return [line.rsplit(" ", 1)[-1] for line in text.splitlines() if line.startswith("try ") and " gen " in line]
+
+
+@pytest.mark.parametrize("algorithm", ["sosp", "apr"])
+def test_ranked_order_is_the_same_search_with_lines_in_the_order_they_are_explored(algorithm):
+    """order=ranked writes an expansion's lines best first: APR's spawn list and SoS+'s dives then follow
+    the listing (gen 0,0, 0,1, ...); whether and how a problem is solved does not change."""
+    shuffled = SearchConfig(algorithm, promising_prob=0.9 if algorithm == "apr" else 0.5)
+    ranked = SearchConfig(algorithm, promising_prob=shuffled.promising_prob, order="ranked")
+    num_spawns = num_dives = num_out_of_order = 0
+    for i, p in enumerate(problems(40, num_numbers=3) + problems(20)):
+        a, b = solve(p, shuffled, seed=i), solve(p, ranked, seed=i)
+        assert a.solved == b.solved and (a.answer is None) == (b.answer is None)
+        if b.solved:
+            assert verify(p, b.answer)
+        before = [b.trace.segments[k - 1].text for k, seg in enumerate(b.trace.segments) if seg.kind == SPAWN]
+        for text, group in zip(before, b.trace.children):
+            num_spawns += 1
+            listed = _gen_ids(text)[-len(group):]  # the expansion that spawned: its lines end the text
+            assert [c.prompt.split(" ")[1] for c in group] == listed == sorted(listed)
+        dives = [line.split(" ")[1] for line in b.trace.text.splitlines() if line.startswith("dive ")]
+        num_dives += len(dives)
+        for spawn, group in zip(a.trace.spawns, a.trace.children):
+            ids = [c.prompt.split(" ")[1] for c in group]
+            num_out_of_order += ids != sorted(ids)
+    assert num_spawns + num_dives > 10
+    assert algorithm == "sosp" or num_out_of_order > 5  # shuffled: the spawn list is in another order
