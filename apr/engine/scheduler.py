@@ -59,8 +59,12 @@ class Scheduler:
         max_pending = 0
         need = self.max_running_tokens()
         num_evictable = sum(s.slot is not None for s in self.suspended.values())
+        # queued resumes that still hold their KV can give it up too (re-prefilled when placed): else a
+        # head group that needs new slots waits for ever behind them (nothing running, nothing admitted)
+        queued_held = sum(s.slot is not None for g in self.waiting for s in g)
         while self.waiting:
             group = self.waiting[0]
+            held_here = sum(s.slot is not None for s in group)
             if num_rows + len(group) > self.max_batch_size:
                 break
             pending = max(max_pending, group[0].num_pending)
@@ -70,9 +74,10 @@ class Scheduler:
             group_need = max(need, group[0].num_tokens)
             new_slots = num_new_slots + sum(s.slot is None for s in group)
             num_slots = self.kv.slots_at(max(self.kv.row_len, self.kv.row_len_for(group_need)))
-            if self.kv.num_live + new_slots > num_slots + num_evictable:
+            if self.kv.num_live + new_slots > num_slots + num_evictable + queued_held - held_here:
                 break
             self.waiting.popleft()
+            queued_held -= held_here
             chosen.append(group)
             num_rows += len(group)
             num_new_slots, max_pending, need = new_slots, pending, group_need
@@ -134,10 +139,12 @@ class Scheduler:
         seq.slot, seq.num_cached = None, 0
 
     def _evict(self, count: int) -> None:
-        """Drop the KV of up to `count` least recently used suspended sequences (re-prefilled on resume)."""
+        """Drop the KV of up to `count` sequences (re-prefilled when they run again): suspended ones, least
+        recently used first, then queued ones that hold a slot, from the back of the queue."""
         if count <= 0:
             return
         victims = sorted((s for s in self.suspended.values() if s.slot is not None), key=lambda s: s.last_used)
+        victims += [s for g in reversed(self.waiting) for s in reversed(g) if s.slot is not None]
         for seq in victims[:count]:
             self._drop_kv(seq)
             self.num_evictions += 1

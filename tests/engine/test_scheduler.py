@@ -95,3 +95,28 @@ def test_rows_regrouped_by_length_for_chunked_attention_stay_exact(model, make_e
     out = by_id(engine.run_until_done())
     for i, p in enumerate(prompts):
         assert out[f"r{i}"].output_ids == hf_greedy(model, p, 10)
+
+
+def test_admission_does_not_stall_behind_queued_resumes_that_hold_slots(model, make_engine):
+    """Issue 23 item 2: with 4 slots, two kept requests, then an n=3 request, then both resumes: the n=3
+    group at the head of the queue needs new slots that only the queued resumes hold (they are not
+    suspended, so they were not evictable): nothing ran and `has_work()` stayed true for ever."""
+    engine = make_engine(max_batch_size=4, num_slots=4, max_seq_len=64)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=3)
+    for rid in ("a", "b"):
+        engine.submit(Request(rid, [5, 6, 7], greedy, keep_cache=True))
+    done = {c.request_id: c for c in engine.run_until_done()}
+    assert set(done) == {"a", "b"} and set(engine.scheduler.suspended) == {"a", "b"}
+    engine.submit(Request("c", [8, 9], SamplingParams(temperature=1.0, max_new_tokens=3, seed=1), n=3))
+    engine.submit(Request("a2", [10], greedy, resume_id="a"))
+    engine.submit(Request("b2", [11], greedy, resume_id="b"))
+    finished = []
+    for _ in range(200):
+        finished += engine.step()
+        check_invariants(engine)
+        if not engine.has_work():
+            break
+    assert not engine.has_work()
+    assert sorted(c.request_id for c in finished) == ["a2", "b2", "c/0", "c/1", "c/2"]
+    outputs = {c.request_id: c.output_ids for c in finished}
+    assert greedy_is_exact(model, [5, 6, 7] + done["a"].output_ids + [10], outputs["a2"])
