@@ -13,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 # torch's OpenMP threads spin while waiting; on 2 shared cores that slows a job 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install quickstart eval sglang-check gpu-check test lint bench-data bench-engine bench-sft bench-rl clean repro-small repro-paper
+.PHONY: install quickstart eval sglang-check gpu-check test lint bench-data bench-engine bench-sft bench-learn bench-rl clean repro-small repro-paper
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -127,6 +127,15 @@ bench-engine: $(STAMP)
 
 bench-sft: $(STAMP)
 	$(BIN)/python benchmarks/bench_sft.py --device $(DEVICE)
+
+# Time to accuracy of the quickstart's APR recipe (the Countdown speedrun, docs/RESULTS.md): tokens and seconds
+# until greedy validation accuracy reaches 10-50%, tokens/s, final validation and test accuracy. Its own N=3
+# data under runs/bench/learn/data (~30 s, once); ~6-10 min on 2 CPU cores. LEARN_ARGS: e.g. '--name x -- optim.lr=3e-3'
+LEARN_DATA := runs/bench/learn/data
+bench-learn: $(STAMP)
+	@test -f $(LEARN_DATA)/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=20000 \
+		data.num_val=200 data.num_test=200 data.out_dir=$(LEARN_DATA)
+	$(BIN)/python benchmarks/bench_learn.py --data $(LEARN_DATA) $(LEARN_ARGS)
 
 # One GRPO step against TRL's GRPOTrainer; TRL comes from the `bench` extra (never a required dependency).
 bench-rl: $(STAMP)

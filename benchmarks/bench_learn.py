@@ -2,7 +2,7 @@
 reaches 10/20/30/40/50%, tokens/s, final validation and test accuracy (the Countdown speedrun's measure).
 
     python benchmarks/bench_learn.py --data runs/quickstart/data            # make bench-learn
-        # the quickstart's APR recipe (+sft=n3_tiny_apr): ~2M tokens, greedy accuracy on the 200 validation
+        # the quickstart's APR recipe (+sft=n3_tiny_apr): 4M tokens, greedy accuracy on the 200 validation
         # problems every --eval-every steps; ~5-8 min on 2 CPU cores (bf16 native), longer in fp32
     python benchmarks/bench_learn.py --data D --name adamw -- optim.name=adamw optim.lr=2e-3   # a variant
     python benchmarks/bench_learn.py --data D --recipe n3_tiny_sosp                              # SoS+ twin
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="runs/quickstart/data", help="an N=3 data directory (apr.cli.data)")
     p.add_argument("--recipe", default="n3_tiny_apr", help="conf/sft/<recipe>.yaml")
     p.add_argument("--name", default="apr")
-    p.add_argument("--max-tokens", type=float, default=2.0e6)
+    p.add_argument("--max-tokens", type=float, default=4.0e6)
     p.add_argument("--eval-every", type=int, default=50, help="optimizer steps between greedy evaluations")
     p.add_argument("--eval-problems", type=int, default=200)
     p.add_argument("--test", action=argparse.BooleanOptionalAction, default=True)
