@@ -33,12 +33,11 @@ install: $(STAMP)
 # APR model on a local Ray cluster, held-out evaluation of all three at windows 192-512 (SoS+ traces reach ~470
 # tokens, so 512 holds every N=3 thread), runs/quickstart/REPORT.md. Re-running resumes (finished stages are skipped).
 QS := runs/quickstart
-# minutes of SFT training (train.max_minutes) for each of the two models: the same wall time on a fast or a slow
-# machine; 10 gives the recipe's ~1,100 steps on a quiet 2-core CPU (~37% test accuracy for APR, docs/RESULTS.md),
-# fewer on a loaded one
-QS_SFT_MINUTES ?= 10
-# the SFT budget, shared by the APR and the SoS+ model (change it here, once)
-QS_SFT_ARGS ?= train.max_minutes=$(QS_SFT_MINUTES) train.max_steps=null
+# training tokens of each of the two SFT models (train.max_tokens): the same learning on a fast or a slow machine,
+# the wall time differs (docs/RESULTS.md: ~10k tokens/s with native bf16, less in fp32 on an AVX2-only CPU)
+QS_SFT_TOKENS ?= 3.5e6
+# the SFT budget, shared by the APR and the SoS+ model (change it here, once); a solve-rate check every 250 steps
+QS_SFT_ARGS ?= train.max_tokens=$(QS_SFT_TOKENS) train.max_steps=null eval.every_steps=250
 QS_WINDOWS := [192,256,320,384,512]
 quickstart: $(STAMP)
 	@test -f $(QS)/data/stats.json || $(BIN)/python -m apr.cli.data task=countdown_n3 data.num_train=20000 \
