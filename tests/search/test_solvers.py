@@ -167,7 +167,7 @@ def test_ranked_order_is_the_same_search_with_lines_in_the_order_they_are_explor
             assert [c.prompt.split(" ")[1] for c in group] == listed == sorted(listed)
         dives = [line.split(" ")[1] for line in b.trace.text.splitlines() if line.startswith("dive ")]
         num_dives += len(dives)
-        for spawn, group in zip(a.trace.spawns, a.trace.children):
+        for group in a.trace.children:
             ids = [c.prompt.split(" ")[1] for c in group]
             num_out_of_order += ids != sorted(ids)
     assert num_spawns + num_dives > 10
