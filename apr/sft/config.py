@@ -156,3 +156,7 @@ class SFTConfig:
               self.data.max_seq_len, f"at most model.max_position_embeddings ({self.model.max_position_embeddings})")
         check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
         check(self.seed >= 0, "seed", self.seed, "a non-negative integer")
+        # DeepSpeed's ZeRO and bf16 optimizers hand the client optimizer flat 1-D shards: Muon needs whole matrices
+        check(not (self.optim.name == "muon" and self.train.strategy == "deepspeed"), "optim.name", self.optim.name,
+              "adamw with train.strategy=deepspeed (it flattens the parameters Muon orthogonalises); muon with "
+              "train.strategy=torch (one process or DDP)")

@@ -97,6 +97,8 @@ def test_max_tokens_sets_the_steps_and_evaluations_carry_cumulative_tokens(data_
         small_cfg(data_dir, tmp_path / "bad", train={"max_tokens": -5})
     with pytest.raises(ConfigError, match="optim.lr"):
         small_cfg(data_dir, tmp_path / "bad", optim={"lr": float("inf")})
+    with pytest.raises(ConfigError, match="optim.name.*deepspeed"):
+        small_cfg(data_dir, tmp_path / "bad", optim={"name": "muon"}, train={"strategy": "deepspeed", "zero_stage": 2})
 
 
 def _bench():
