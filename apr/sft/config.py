@@ -50,6 +50,7 @@ class OptimConfig:
 
     name: Literal["adamw", "muon"] = "adamw"  # muon: apr.train.optim.MuonAdamW
     muon_momentum: float = 0.95
+    embed_lr_scale: float = 1.0  # muon: the embeddings' and output head's (AdamW) rate is lr x this
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -60,6 +61,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", self.lr, "a positive finite number")
+        check(self.embed_lr_scale > 0 and math.isfinite(self.embed_lr_scale), "optim.embed_lr_scale",
+              self.embed_lr_scale, "a positive finite number")
         check(0 <= self.muon_momentum < 1, "optim.muon_momentum", self.muon_momentum, "a number in [0, 1)")
         check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
         check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")

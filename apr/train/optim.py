@@ -53,8 +53,9 @@ def build_optimizer(model, optim, lr: float | None = None):
     hidden = [p for n, p in params if p.dim() == 2 and not _is_embedding(n, p, model)]
     ids = {id(p) for p in hidden}
     other = [p for p in decay if id(p) not in ids]
+    embed_lr = lr * getattr(optim, "embed_lr_scale", 1.0)  # embeddings / head (AdamW) may move faster
     groups = [{"params": hidden, "use_muon": True, "weight_decay": optim.weight_decay},
-              {"params": other, "use_muon": False, "weight_decay": optim.weight_decay},
+              {"params": other, "use_muon": False, "weight_decay": optim.weight_decay, "lr": embed_lr},
               {"params": no_decay, "use_muon": False, "weight_decay": 0.0}]
     return _muon_optimizer_class_cached()([g for g in groups if g["params"]], lr=lr, betas=tuple(optim.betas), eps=optim.eps,
                      momentum=getattr(optim, "muon_momentum", 0.95))

@@ -35,6 +35,11 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
         is_hidden = p.dim() == 2 and "embed" not in name and "lm_head" not in name
         assert (id(p) in muon) == is_hidden, name
     assert any(g["use_muon"] for g in opt.param_groups) and any(not g["use_muon"] for g in opt.param_groups)
+    assert {g["lr"] for g in opt.param_groups if not g["use_muon"] and g["weight_decay"] > 0} == {1e-2}
+    scaled = build_optimizer(model, _optim(embed_lr_scale=5.0))
+    embed = [g for g in scaled.param_groups if not g["use_muon"] and g["weight_decay"] > 0]
+    assert embed and all(g["lr"] == 5e-2 for g in embed)
+    assert all(g["lr"] == 1e-2 for g in scaled.param_groups if g["use_muon"] or g["weight_decay"] == 0.0)
     no_decay = [g for g in opt.param_groups if g["weight_decay"] == 0.0]
     assert no_decay and all(p.dim() < 2 for g in no_decay for p in g["params"])  # norms are not decayed
 
