@@ -31,11 +31,6 @@ def build_for_tokenizer(cfg: ModelConfig, tokenizer, seed: int = 0):
     return model
 
 
-def number_token_values(tokenizer) -> dict[int, int]:
-    """{token id: integer value} of the number tokens ("7" and " 7" alike)."""
-    return {i: int(w.strip()) for w, i in tokenizer.get_vocab().items() if w.strip().isdigit()}
-
-
 def init_number_embeddings(model, tokenizer, std: float, seed: int = 0) -> int:
     """Start every number token's embedding from its value: sin/cos of 2*pi*n/p at log-spaced periods p
     (2 ... 4 x the largest number) in the first half of the dimensions, a random part per value in the
@@ -55,27 +50,24 @@ def init_number_embeddings(model, tokenizer, std: float, seed: int = 0) -> int:
 
     import torch
 
-    values = number_token_values(tokenizer)
-    if not values:
+    numbers = [(i, int(w.strip()), w.startswith(" ")) for w, i in tokenizer.get_vocab().items() if w.strip().isdigit()]
+    if not numbers:
         return 0
     weight = model.get_input_embeddings().weight  # (V, H)
     hidden = weight.shape[1]
     num_freq = hidden // 4
+    largest = max(n for _, n, _ in numbers)
     gen = torch.Generator().manual_seed(seed + 1)
-    periods = torch.logspace(math.log10(2.0), math.log10(4.0 * max(values.values()) + 4), num_freq)  # (F,)
-    value_ids = sorted(set(values.values()))
-    rand = torch.randn(len(value_ids), hidden - 2 * num_freq, generator=gen) * std  # (N, H - 2F)
-    row_of = {v: k for k, v in enumerate(value_ids)}
+    periods = torch.logspace(math.log10(2.0), math.log10(4.0 * largest + 4), num_freq)  # (F,)
+    rand = torch.randn(largest + 1, hidden - 2 * num_freq, generator=gen) * std  # (N, H - 2F), one row per value
     spaced = torch.randn(hidden, generator=gen) * std * 0.5  # (H,)
     with torch.no_grad():
-        for token_id, n in values.items():
+        for token_id, n, is_spaced in numbers:
             angle = 2 * math.pi * n / periods  # (F,)
             feats = torch.cat([torch.sin(angle), torch.cos(angle)]) * std * math.sqrt(2)  # (2F,)
-            row = torch.cat([feats, rand[row_of[n]]])  # (H,)
-            if tokenizer.convert_ids_to_tokens(token_id).startswith((" ", "\u0120")):
-                row = row + spaced
+            row = torch.cat([feats, rand[n]]) + (spaced if is_spaced else 0)  # (H,)
             weight[token_id] = row.to(weight.dtype)
-    return len(values)
+    return len(numbers)
 
 
 def set_generation_ids(model, tokenizer) -> None:

@@ -2,8 +2,9 @@
 
 Both run the same heuristic beam search: pop the K best open nodes, expand each (every pair of
 numbers x every `combine` move), keep the K best successors, write a line per successor (in random
-order, Pan et al.'s traces, or with `order=ranked` best first: the order they are explored, dived
-into or spawned, so that a model copies that order instead of ranking the lines again). An expansion is *promising* with probability p:
+order, as Pan et al.'s traces, or with `order=ranked` best first: the order they are dived into or
+spawned, which a model can then copy instead of ranking the lines again). An expansion is
+*promising* with probability p:
 - SoS+ then explores each successor depth first, in line, in the same thread (`dive`);
 - APR instead spawns one child thread per successor (when there are at least two); each child
   runs the same search with beam Ks and joins back only its successful path (or nothing).

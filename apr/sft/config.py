@@ -48,7 +48,7 @@ class SFTDataConfig:
 class OptimConfig:
     """AdamW (or Muon on the hidden matrices) with linear warmup then cosine decay to `min_lr_ratio * lr`."""
 
-    name: Literal["adamw", "muon"] = "adamw"  # muon: apr.train.optim.MuonAdamW
+    name: Literal["adamw", "muon"] = "adamw"  # muon: apr.train.optim.muon_adamw
     muon_momentum: float = 0.95
     embed_lr_scale: float = 1.0  # muon: the embeddings' and output head's (AdamW) rate is lr x this
     lr: float = 1e-3

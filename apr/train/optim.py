@@ -10,6 +10,7 @@ build their optimizers here; RL's default `optim.min_lr_ratio=1.0` makes its sch
 
 from __future__ import annotations
 
+import functools
 import math
 
 from apr.train.budget import TimeBudget
@@ -37,35 +38,29 @@ def build_optimizer(model, optim, lr: float | None = None):
     """The optimizer `optim.name` names (`adamw` if the config has none), with `optim.lr` (`lr` overrides,
     e.g. the critic's), `weight_decay`, `betas`, `eps`:
     - `adamw`: `torch.optim.AdamW`; matrices (dim >= 2) get weight decay, norms and biases do not;
-    - `muon`: `MuonAdamW`: Muon on the hidden matrices of the blocks, AdamW on embeddings, the output
+    - `muon`: `muon_adamw()`: Muon on the hidden matrices of the blocks, AdamW on embeddings, the output
       head, norms and biases (the nanoGPT speedrun's split), one learning rate for both."""
     import torch
 
     name = getattr(optim, "name", "adamw")
     lr = optim.lr if lr is None else lr
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for _, p in params if p.dim() >= 2]
-    no_decay = [p for _, p in params if p.dim() < 2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     if name == "adamw":
         groups = [{"params": decay, "weight_decay": optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps)
-    hidden = [p for n, p in params if p.dim() == 2 and not _is_embedding(n, p, model)]
-    ids = {id(p) for p in hidden}
-    other = [p for p in decay if id(p) not in ids]
-    embed_lr = lr * getattr(optim, "embed_lr_scale", 1.0)  # embeddings / head (AdamW) may move faster
-    groups = [{"params": hidden, "use_muon": True, "weight_decay": optim.weight_decay},
-              {"params": other, "use_muon": False, "weight_decay": optim.weight_decay, "lr": embed_lr},
+    heads = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    is_hidden = [p.dim() == 2 and id(p) not in heads for p in decay]  # embeddings and heads stay on AdamW
+    embed_lr = lr * getattr(optim, "embed_lr_scale", 1.0)
+    groups = [{"params": [p for p, h in zip(decay, is_hidden) if h], "use_muon": True,
+               "weight_decay": optim.weight_decay},
+              {"params": [p for p, h in zip(decay, is_hidden) if not h], "use_muon": False,
+               "weight_decay": optim.weight_decay, "lr": embed_lr},
               {"params": no_decay, "use_muon": False, "weight_decay": 0.0}]
-    return _muon_optimizer_class_cached()([g for g in groups if g["params"]], lr=lr, betas=tuple(optim.betas), eps=optim.eps,
-                     momentum=getattr(optim, "muon_momentum", 0.95))
-
-
-def _is_embedding(name: str, param, model) -> bool:
-    """Input embeddings and output heads (tied or not) stay on AdamW: Muon is for hidden matrices."""
-    heads = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None] \
-        if hasattr(model, "get_input_embeddings") else []
-    return any(param is h for h in heads) or "embed" in name or "lm_head" in name
+    return muon_adamw()([g for g in groups if g["params"]], lr=lr, betas=tuple(optim.betas), eps=optim.eps,
+                        momentum=getattr(optim, "muon_momentum", 0.95))
 
 
 def orthogonalize(grad, steps: int = 5, eps: float = 1e-7):
@@ -88,7 +83,9 @@ def orthogonalize(grad, steps: int = 5, eps: float = 1e-7):
     return x if wide else x.T
 
 
-def _muon_optimizer_class():
+@functools.cache
+def muon_adamw():
+    """The `MuonAdamW` class (built on first use: importing this module does not import torch)."""
     import torch
 
     class MuonAdamW(torch.optim.Optimizer):
@@ -139,18 +136,6 @@ def _muon_optimizer_class():
             p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1 ** t))
 
     return MuonAdamW
-
-
-def _muon_optimizer_class_cached():
-    if "MuonAdamW" not in globals():
-        globals()["MuonAdamW"] = _muon_optimizer_class()
-    return globals()["MuonAdamW"]
-
-
-def __getattr__(name: str):
-    if name == "MuonAdamW":  # built on first use: `import apr.train.optim` stays free of torch
-        return _muon_optimizer_class_cached()
-    raise AttributeError(name)
 
 
 def build_scheduler(optimizer, optim, total_steps: int | None, budget: TimeBudget | None = None):

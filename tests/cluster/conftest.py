@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from apr.train.device import AUTO_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -17,7 +19,8 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     tmp = tempfile.mkdtemp(prefix="apr-ray-")  # short: Ray's socket paths live under it
     env = {"PYTHONPATH": str(REPO)}  # workers import tests.rl._setup's reward
-    env.update({k: os.environ[k] for k in ("APR_PRECISION_AUTO",) if os.environ.get(k)})  # what `auto` is
+    if os.environ.get(AUTO_ENV):  # what `auto` resolves to, in the actors too
+        env[AUTO_ENV] = os.environ[AUTO_ENV]
     ray.init(num_cpus=4, include_dashboard=False, logging_level="warning", _temp_dir=tmp,
              runtime_env={"env_vars": env})
     yield
