@@ -111,16 +111,19 @@ class LlamaRunner:
         rope_type = getattr(rotary, "rope_type", "default")
         if "dynamic" in rope_type or "longrope" in rope_type:
             raise NotImplementedError(f"rope_type {rope_type!r}: its frequencies depend on the sequence length")
-        # per-position values: each entry is one product inv_freq * pos, so a table is exact
+        # per-position values: each entry is one product inv_freq * pos, so a table is exact. The angles
+        # come from a fresh fp32 rotary module (the model's own inv_freq buffer is cast with the model: in
+        # bf16 its frequencies are off by ~2^-9, cos by 0.3 at position 3,000); only the tables are cast.
         dtype = model.model.embed_tokens.weight.dtype
         device = model.model.embed_tokens.weight.device
+        rotary = type(rotary)(model.config).to(device)  # fp32 buffers
         pos = torch.arange(max_seq_len, device=device)[None]  # (1, Tmax)
-        probe = torch.zeros(1, dtype=dtype, device=device)
+        probe = torch.zeros(1, dtype=torch.float32, device=device)
         with torch.no_grad():
-            cos, sin = rotary(probe, pos)  # (1, Tmax, D) each
+            cos, sin = rotary(probe, pos)  # (1, Tmax, D) each, fp32
         half = cos.shape[-1] // 2
         sin_signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # (1, Tmax, D)
-        return cos[0], sin_signed[0]  # (Tmax, D)
+        return cos[0].to(dtype), sin_signed[0].to(dtype)  # (Tmax, D)
 
     def refresh_weights(self) -> None:
         """Re-read the model's parameter tensors; needed only if parameters were replaced, not updated in place."""

@@ -20,6 +20,7 @@ sequences that join, finish or move cost Python.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 
@@ -44,8 +45,10 @@ __all__ = ["LocalEngine", "LocalEngineConfig", "check_device_available"]
 class LocalEngine:
     """Continuous-batching engine over an HF `LlamaForCausalLM` (see the module docstring).
 
-    The model is used in place (moved to `config.device` / `config.dtype`); its weights are
-    read by reference at every step, so in-place updates between steps take effect at once.
+    A model already on `config.device` in `config.dtype` is used as it is: its weights are read by
+    reference at every step, so in-place updates between steps take effect at once. Any other model is
+    copied and the copy moved and cast (the caller's model is never changed; update the engine's copy,
+    `engine.model`, e.g. with `apr.rl.weights.load_buckets`).
     """
 
     def __init__(self, model, config: LocalEngineConfig | None = None) -> None:
@@ -56,7 +59,7 @@ class LocalEngine:
               "a positive integer (null is only a placeholder the commands fill with their thread window)")
         dtype = DTYPES[config.dtype]
         self.device = torch.device(config.device)
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.model = _engine_model(model, self.device, dtype)
         mcfg = model.config
         head_dim = getattr(mcfg, "head_dim", None) or mcfg.hidden_size // mcfg.num_attention_heads
         self.vocab_size = mcfg.vocab_size
@@ -344,3 +347,13 @@ class LocalEngine:
         batch = ForwardBatch(ids, positions, 0, kv_len, max_kv_len,
                              torch.zeros(num, dtype=torch.long, device=self.device), chunks=chunks)
         return sample(self._forward(batch), rows)  # (B, V) logits
+
+
+def _engine_model(model, device: torch.device, dtype: torch.dtype):
+    """`model` itself when every parameter is on `device` in `dtype`, else a moved and cast copy."""
+    def on_device(p) -> bool:  # "cuda" means the current CUDA device
+        return p.device.type == device.type and (device.index is None or p.device.index == device.index)
+
+    if all(on_device(p) and p.dtype == dtype for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).to(device=device, dtype=dtype).eval()

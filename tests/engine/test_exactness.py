@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from apr.engine import Request, SamplingParams
+from apr.model.config import ModelConfig, build_model
 from tests.engine._helpers import VOCAB, by_id, full_logprobs, hf_greedy, random_prompts, tiny_model
 
 LENGTHS = (1, 3, 7, 12, 5, 20, 2, 9)
@@ -107,3 +108,50 @@ def test_from_pretrained_loads_a_saved_model(model, tmp_path):
     prompt = random_prompts((5,), seed=6)[0]
     engine.submit(Request("a", prompt, SamplingParams(temperature=0.0, max_new_tokens=6)))
     assert engine.run_until_done()[0].output_ids == hf_greedy(model, prompt, 6)
+
+
+def _rope_model(max_positions: int = 4096):
+    cfg = ModelConfig(name="test", hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
+                      max_position_embeddings=max_positions, init_std=0.5)
+    return build_model(cfg, vocab_size=VOCAB, seed=3).eval()
+
+
+def test_bf16_engine_builds_rope_tables_from_fp32_angles_and_leaves_the_callers_model_alone():
+    # review of the GPU path (issue 23 item 1): `model.to(bfloat16)` cast the rotary inv_freq buffer, so
+    # the tables were cos/sin of bf16 frequencies (0.3 off at position 3,071 for head_dim 32), and the
+    # caller's model was cast in place
+    from apr.engine import LocalEngine, LocalEngineConfig
+
+    model = _rope_model()
+    engine = LocalEngine(model, LocalEngineConfig(max_batch_size=2, max_seq_len=3072, dtype="bfloat16"))
+    assert engine.runner.cos.dtype == torch.bfloat16
+    head_dim = 128 // 4
+    inv_freq = 1.0 / (model.config.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.arange(3072, dtype=torch.float64)[:, None] * inv_freq[None]  # (T, D/2)
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1)
+    # bf16 rounding of a value in [-1, 1] (at most 2^-9) plus fp32 angles (~3e-4 rad at position 3,071);
+    # bf16 frequencies were 0.54 off here
+    tol = 2 ** -9 + 5e-4
+    assert (engine.runner.cos.double() - cos).abs().max().item() <= tol
+    sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
+    assert (engine.runner.sin_signed.double() - sin).abs().max().item() <= tol
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_bf16_engine_logprobs_far_into_a_thread_track_the_fp32_learner_as_closely_as_near_its_start():
+    from apr.engine import LocalEngine, LocalEngineConfig
+
+    model = _rope_model()
+    engine = LocalEngine(model, LocalEngineConfig(max_batch_size=4, max_seq_len=3072, dtype="bfloat16"))
+    gaps = {}
+    for name, length in (("near", 60), ("far", 2900)):
+        prompts = random_prompts((length,) * 3, seed=length)
+        for i, p in enumerate(prompts):
+            engine.submit(Request(f"{name}{i}", p, SamplingParams(temperature=0.0, max_new_tokens=8)))
+        out = by_id(engine.run_until_done())
+        gaps[name] = max(max(abs(a - b) for a, b in zip(full_logprobs(model, p, out[f"{name}{i}"].output_ids),
+                                                       out[f"{name}{i}"].logprobs))
+                         for i, p in enumerate(prompts))
+    # bf16 weights and activations cost the same anywhere in a thread; angles from bf16 frequencies did not
+    assert gaps["far"] <= 2 * gaps["near"] + 0.05, gaps
