@@ -161,16 +161,25 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 # ---- policy losses (per token) ------------------------------------------------------------------
 @register_policy_loss("ppo_clip")
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2,
-                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  mask: torch.Tensor | None = None, clip_ratio_c: float | None = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO-clip loss and whether the token was clipped. All (B, T).
 
     The log-ratio is taken only where `mask` is 1 (0 elsewhere) and clamped to [-20, 20] as in verl,
-    so a stale or padded position can never overflow exp()."""
+    so a stale or padded position can never overflow exp(). Dual clip (verl's `clip_ratio_c`): where
+    the advantage is negative the loss is at most `-A * clip_ratio_c`, so a token the current policy
+    finds far likelier than the sampler did (engine/learner mismatch on a rare token) cannot dominate
+    the step; None turns it off."""
     ratio = torch.exp(log_ratio(logp, old_logp, mask))  # (B, T)
     unclipped = -advantages * ratio  # (B, T)
     clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)  # (B, T)
     loss = torch.maximum(unclipped, clipped)  # (B, T)
-    return loss, (clipped > unclipped).float()
+    was_clipped = clipped > unclipped
+    if clip_ratio_c is not None:
+        cap = -advantages * clip_ratio_c  # (B, T)
+        capped = (advantages < 0) & (loss > cap)
+        loss = torch.where(capped, cap, loss)
+        was_clipped = was_clipped | capped
+    return loss, was_clipped.float()
 
 
 def log_ratio(logp: torch.Tensor, other: torch.Tensor, mask: torch.Tensor | None = None,

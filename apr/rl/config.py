@@ -72,6 +72,7 @@ class LossConfig:
 
     policy: str = "ppo_clip"
     clip: float = 0.2
+    clip_ratio_c: float | None = 3.0  # dual clip (verl): loss <= -A * this where A < 0; None: off
     kl_coef: float = 0.001  # k3 KL to the reference policy (0: no reference model at all)
     entropy_coef: float = 0.0
     aggregation: str = "token_mean"  # or seq_mean_per_rollout (the paper's 1/threads weighting)
@@ -82,6 +83,8 @@ class LossConfig:
         check(self.policy in POLICY_LOSSES, "loss.policy", self.policy, ", ".join(POLICY_LOSSES))
         check(self.aggregation in AGGREGATIONS, "loss.aggregation", self.aggregation, ", ".join(AGGREGATIONS))
         check(self.clip > 0, "loss.clip", self.clip, "a positive number")
+        check(self.clip_ratio_c is None or self.clip_ratio_c > 1 + self.clip, "loss.clip_ratio_c",
+              self.clip_ratio_c, f"null (off) or a number > 1 + loss.clip ({1 + self.clip:g})")
         check(self.kl_coef >= 0, "loss.kl_coef", self.kl_coef, ">= 0")
         check(self.entropy_coef >= 0, "loss.entropy_coef", self.entropy_coef, ">= 0")
         check(self.value_coef >= 0 and self.value_clip >= 0, "loss.value_coef/value_clip",
@@ -91,7 +94,8 @@ class LossConfig:
 @dataclass
 class RLOptimConfig:
     """AdamW for the policy (and the critic), built by `apr.train.optim` as SFT's is; by default a
-    constant learning rate after warmup (`min_lr_ratio` < 1: cosine decay to it over `train.steps`)."""
+    constant learning rate after warmup (`min_lr_ratio` < 1: cosine decay to it over `train.steps`).
+    Warmup and decay count RL steps; the `train.inner_steps` optimizer steps of one RL step share its rate."""
 
     lr: float = 1e-5
     critic_lr: float = 1e-5

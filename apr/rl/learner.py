@@ -108,7 +108,8 @@ def make_trainable(cfg: RLConfig, model, lr: float, name: str, device: torch.dev
                                       grad_clip=cfg.optim.grad_clip, bf16_weights=t.precision == "bf16")
     model = model.to(device)
     optimizer = build_optimizer(model, cfg.optim, lr)
-    strategy.setup(model, optimizer, build_scheduler(optimizer, cfg.optim, t.steps))
+    # warmup and decay count RL steps (train.steps); the inner steps of one RL step share its rate
+    strategy.setup(model, optimizer, build_scheduler(optimizer, cfg.optim, t.steps, optimizer_steps_per_step=t.inner_steps))
     return strategy
 
 
@@ -192,10 +193,11 @@ class Learner:
                 for k, v in s.items():
                     sums[k] = sums.get(k, 0.0) + v
             metrics["rl/grad_norm"] = self.policy.step()
-            self._count_nonfinite(metrics, metrics["rl/grad_norm"], loss_total)
+            critic_norm = None
             if self.critic is not None:
-                metrics["rl/critic_grad_norm"] = self.critic.step()
+                metrics["rl/critic_grad_norm"] = critic_norm = self.critic.step()
                 metrics["rl/value_loss"] = vloss_total
+            self._count_nonfinite(metrics, metrics["rl/grad_norm"], loss_total, critic_norm, vloss_total)
             metrics["rl/loss"] = loss_total
         num_sequences = self._reduce_metrics(metrics, sums, len(batch))
         n = max(sums.get("tokens", 0.0), 1.0)
@@ -239,21 +241,30 @@ class Learner:
         vl = self.critic.forward_backward(value_loss_fn, is_last)
         return float(loss.detach()), float(vl.detach()), s
 
-    def _count_nonfinite(self, metrics: dict, grad_norm: float, loss: float) -> None:
+    def _count_nonfinite(self, metrics: dict, grad_norm: float, loss: float, critic_norm: float | None = None,
+                         value_loss: float | None = None) -> None:
         """Count an optimizer step the strategy skipped (its gradient norm, the same on every rank, is not
-        finite: nothing was applied); `train.max_nonfinite_steps` of them in a row stop the run."""
-        skipped = not math.isfinite(grad_norm)
-        metrics["rl/nonfinite_steps"] = metrics.get("rl/nonfinite_steps", 0) + int(skipped)
+        finite: nothing was applied), the policy's or the critic's; `train.max_nonfinite_steps` such
+        steps in a row stop the run."""
+        policy_skipped = not math.isfinite(grad_norm)
+        critic_skipped = critic_norm is not None and not math.isfinite(critic_norm)
+        skipped = policy_skipped or critic_skipped
+        metrics["rl/nonfinite_steps"] = metrics.get("rl/nonfinite_steps", 0) + int(policy_skipped)
+        if critic_norm is not None:
+            metrics["rl/critic_nonfinite_steps"] = metrics.get("rl/critic_nonfinite_steps", 0) + int(critic_skipped)
         self.num_nonfinite += int(skipped)
         self.num_nonfinite_in_row = self.num_nonfinite_in_row + 1 if skipped else 0
         metrics["rl/nonfinite_total"] = self.num_nonfinite
+        which = " and ".join(n for n, s in (("policy", policy_skipped), ("critic", critic_skipped)) if s)
         if skipped:
-            print(f"[rl] warning: optimizer step skipped, the gradient norm is {grad_norm} (loss {loss}); "
-                  f"{self.num_nonfinite_in_row} in a row", flush=True)
+            print(f"[rl] warning: {which} optimizer step skipped, gradient norm {grad_norm} (loss {loss})"
+                  + (f", critic gradient norm {critic_norm} (value loss {value_loss})" if critic_skipped else "")
+                  + f"; {self.num_nonfinite_in_row} in a row", flush=True)
         limit = self.cfg.train.max_nonfinite_steps
         if limit and self.num_nonfinite_in_row >= limit:
             raise FloatingPointError(
                 f"{self.num_nonfinite_in_row} optimizer steps in a row had a non-finite loss or gradient "
+                f"({which}) "
                 f"(train.max_nonfinite_steps={limit}); none was applied. Lower optim.lr, check the data, or "
                 f"resume from the newest checkpoint")
 

@@ -17,21 +17,35 @@ from apr.train.budget import TimeBudget
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None, min_ratio: float,
-              budget: TimeBudget | None = None) -> float:
+              budget: TimeBudget | None = None, schedule: str = "cosine", cooldown: float = 0.4) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` (0-based). With a `budget`
-    the cosine follows its clock over the whole budget, capped by the warmup (`apr.train.budget`),
-    and `total_steps` is not used; with neither, the rate stays at its peak after the warmup."""
+    the decay follows its clock over the whole budget, capped by the warmup (`apr.train.budget`),
+    and `total_steps` is not used; with neither, the rate stays at its peak after the warmup.
+    `schedule`: `cosine` from the peak to `min_ratio` after the warmup, or `wsd` (warmup, stable,
+    decay): the peak until the last `cooldown` fraction of the run, then linear down to `min_ratio`.
+
+        >>> [round(lr_factor(s, 2, 12, 0.0, schedule="wsd", cooldown=0.5), 3) for s in range(0, 13, 2)]
+        [0.5, 1.0, 1.0, 1.0, 0.667, 0.333, 0.0]
+    """
     warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0  # the first step already moves
+    decay = _wsd if schedule == "wsd" else _cosine
     if budget is not None:
-        return min(warm, _cosine(budget.fraction, min_ratio))
+        return min(warm, decay(budget.fraction, min_ratio, cooldown))
     if step < warmup_steps or total_steps is None:
         return warm
+    if schedule == "wsd":  # the cooldown is a fraction of the whole run, the warmup included
+        return _wsd(min(step / max(total_steps, 1), 1.0), min_ratio, cooldown)
     decay_steps = max(total_steps - warmup_steps, 1)
     return _cosine(min((step - warmup_steps) / decay_steps, 1.0), min_ratio)
 
 
-def _cosine(progress: float, min_ratio: float) -> float:
+def _cosine(progress: float, min_ratio: float, cooldown: float = 0.0) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _wsd(progress: float, min_ratio: float, cooldown: float) -> float:
+    left = (1 - progress) / cooldown if cooldown > 0 else float(progress < 1)  # 1 until the cooldown, then to 0
+    return min_ratio + (1 - min_ratio) * min(max(left, 0.0), 1.0)
 
 
 def build_optimizer(model, optim, lr: float | None = None):
@@ -138,11 +152,17 @@ def muon_adamw():
     return MuonAdamW
 
 
-def build_scheduler(optimizer, optim, total_steps: int | None, budget: TimeBudget | None = None):
-    """`LambdaLR` applying `lr_factor` with `optim.warmup_steps` and `optim.min_lr_ratio`; step it once per
-    optimizer step (after `budget.sync`)."""
+def build_scheduler(optimizer, optim, total_steps: int | None, budget: TimeBudget | None = None,
+                    optimizer_steps_per_step: int = 1):
+    """`LambdaLR` applying `lr_factor` with `optim.warmup_steps`, `optim.min_lr_ratio` and (where the config
+    has them) `optim.schedule` and `optim.cooldown_fraction`; step it once per optimizer step (after
+    `budget.sync`). `total_steps` and the warmup count steps of the caller's loop, each of which takes
+    `optimizer_steps_per_step` optimizer steps (RL: `train.inner_steps`), all at the same rate."""
     import torch
 
     warmup = optim.warmup_steps if total_steps is None else min(optim.warmup_steps, total_steps)
+    schedule, cooldown = getattr(optim, "schedule", "cosine"), getattr(optim, "cooldown_fraction", 0.4)
+    per = optimizer_steps_per_step
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total_steps, optim.min_lr_ratio, budget))
+        optimizer,
+        lambda s: lr_factor(s // per, warmup, total_steps, optim.min_lr_ratio, budget, schedule, cooldown))

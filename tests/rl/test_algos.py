@@ -66,6 +66,33 @@ def test_ppo_clip_by_hand():
     assert clipped[0].tolist() == [1.0, 1.0, 0.0]
 
 
+def test_ppo_loss_is_bounded_for_negative_advantages_by_the_dual_clip():
+    # review against verl (issue 25 item 1): for A < 0 and a large ratio max(-A r, -A clip(r)) grew without
+    # limit (log-ratio 3, A = -1: loss 20.1, gradient 20.1); verl caps it at -A * clip_ratio_c
+    logp = torch.tensor([[3.0, 3.0, 0.1, -3.0]], requires_grad=True)
+    old = torch.zeros(1, 4)
+    adv = torch.tensor([[-1.0, 1.0, -1.0, -1.0]])
+    loss, clipped = POLICY_LOSSES["ppo_clip"](logp, old, adv, clip=0.2, clip_ratio_c=3.0)
+    assert loss[0].tolist() == pytest.approx([3.0, -1.2, math.exp(0.1), 0.8])  # capped / clipped / as is
+    assert clipped[0].tolist() == [1.0, 1.0, 0.0, 1.0]
+    loss.sum().backward()
+    assert logp.grad[0, 0].item() == 0.0  # no gradient through the cap
+    assert logp.grad[0, 2].item() == pytest.approx(math.exp(0.1))
+    # off (None): the plain clipped loss, unbounded as before
+    open_loss, _ = POLICY_LOSSES["ppo_clip"](logp.detach(), old, adv, clip=0.2, clip_ratio_c=None)
+    assert open_loss[0, 0].item() == pytest.approx(math.exp(3.0))
+
+
+def test_dual_clip_is_configured_and_checked():
+    from apr.config import ConfigError
+    from apr.rl.config import LossConfig
+
+    assert LossConfig().clip_ratio_c == 3.0
+    assert LossConfig(clip_ratio_c=None).clip_ratio_c is None
+    with pytest.raises(ConfigError, match="loss.clip_ratio_c"):
+        LossConfig(clip_ratio_c=1.0)
+
+
 def test_kl_k3_zero_at_equal_and_positive():
     a = torch.log(torch.tensor([0.2, 0.5]))
     assert kl_k3(a, a).tolist() == [0.0, 0.0]
@@ -122,3 +149,26 @@ def test_gae_estimator_carries_rewards_until_the_critic_fills_them_in():
     r, g = torch.tensor([1.0, 0.0]), torch.tensor([0, 1])
     assert ADVANTAGES["gae"](r, g).tolist() == [1.0, 0.0]
     assert ADVANTAGES["gae"].scale(r, g).tolist() == [1.0, 1.0]
+
+
+def test_rl_learning_rate_schedule_counts_rl_steps_whatever_the_inner_steps(tmp_path):
+    # review (issue 25 item 4): the schedule was laid out over train.steps but stepped once per optimizer
+    # step, so with 2 inner steps the decay ended halfway: [1, .868, .55, .232, .1, .1, .1, .1]
+    from apr.config import from_dict
+    from apr.model.hf import load_checkpoint
+    from apr.rl.config import RLConfig
+    from apr.rl.learner import make_trainable
+    from apr.tokenizer import build_tokenizer
+    from tests.rl._setup import make_checkpoint
+
+    model = load_checkpoint(make_checkpoint(build_tokenizer(), tmp_path / "m"))[0]
+    cfg = from_dict(RLConfig, {"init": "x", "train": {"steps": 4, "inner_steps": 2, "precision": "fp32"},
+                               "optim": {"lr": 1.0, "min_lr_ratio": 0.1}})
+    trainable = make_trainable(cfg, model, 1.0, "policy", torch.device("cpu"))
+    factors = []
+    for _ in range(8):
+        factors.append(round(trainable.lr, 3))
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        trainable.step()
+    assert factors == [1.0, 1.0, 0.868, 0.868, 0.55, 0.55, 0.232, 0.232]

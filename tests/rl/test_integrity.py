@@ -3,6 +3,8 @@ cannot turn a step into NaN, child credit that checks what a child returned."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from apr.api import Reasoner
@@ -185,6 +187,36 @@ def test_a_nonfinite_gradient_is_never_applied_and_is_counted(tokenizer, tmp_pat
     metrics = learner.update(batch)  # a finite step is applied again
     assert metrics["rl/nonfinite_steps"] == 0
     assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_a_nonfinite_critic_step_is_counted_and_stops_the_run_like_the_policys(tokenizer, tmp_path):
+    # review (issue 25 item 6): only the policy's gradient norm was checked, so a NaN critic skipped every
+    # step silently while PPO went on
+    import torch
+
+    from apr.rl.learner import Learner
+    from apr.rl.sequences import sequences_from_trees
+    from tests.rl._setup import make_assets, rl_config
+
+    init, data = make_assets(tokenizer, tmp_path)
+    cfg = rl_config(tmp_path, init, data, **{"algo.advantage": "gae", "train.inner_steps": 1,
+                                             "train.max_nonfinite_steps": 2})
+    rollouts = RolloutWorker(str(init), cfg.rollout, cfg.algo).rollout([PROBLEM], 2, seed=1)
+    batch = sequences_from_trees([r.tree for r in rollouts], [0.0, 1.0], [0, 0])
+    learner = Learner(cfg)
+    critic = learner.critic.module
+    before = {k: v.clone() for k, v in critic.state_dict().items()}
+    hook = next(p for p in critic.parameters() if p.requires_grad).register_hook(
+        lambda g: torch.full_like(g, float("nan")))
+    metrics = learner.update(batch)
+    assert metrics["rl/critic_nonfinite_steps"] == 1 and metrics["rl/nonfinite_total"] == 1
+    assert all(torch.equal(before[k], v) for k, v in critic.state_dict().items())  # nothing applied
+    with pytest.raises(FloatingPointError, match="critic.*train.max_nonfinite_steps"):
+        learner.update(batch)
+    hook.remove()
+    learner.num_nonfinite_in_row = 0
+    metrics = learner.update(batch)
+    assert metrics["rl/critic_nonfinite_steps"] == 0 and math.isfinite(metrics["rl/critic_grad_norm"])
 
 
 # ---- 4. credit=child_outcome rewards correct, used results only ---------------------------------------
