@@ -25,7 +25,8 @@ class ModelConfig:
     # how number tokens' embeddings start: random (as every other token), or numeric (apr.model.hf:
     # sin/cos of the value at log-spaced periods in half the dimensions, the same start for "7" and " 7")
     number_init: str = "random"
-    # sdpa (default; packed rows get a block-diagonal mask from position_ids), eager, or
+    # sdpa (packed rows get a block-diagonal mask from position_ids), sdpa_packed (apr.model.attention:
+    # packed rows computed sequence by sequence, skipping the masked pairs; same values), eager, or
     # flash_attention_2 (CUDA only, needs the flash-attn package)
     attn_implementation: str = "sdpa"
 
@@ -49,7 +50,7 @@ class ModelConfig:
         return dataclasses.replace(PRESETS[name], **overrides)
 
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = ("sdpa", "sdpa_packed", "eager", "flash_attention_2")
 
 PRESETS: dict[str, ModelConfig] = {
     # ~1M parameters without embeddings (h128 L4): minutes of CPU training learn N=3 Countdown.
@@ -70,6 +71,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int = 0, bos_to
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    register_attention(cfg.attn_implementation)
     hf_cfg = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -92,3 +94,11 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int = 0, bos_to
         torch.manual_seed(seed)
         model = LlamaForCausalLM(hf_cfg)
     return model
+
+
+def register_attention(name: str | None) -> None:
+    """Make the project's own attention implementations known to transformers before a model uses them."""
+    from apr.model import attention
+
+    if name == attention.NAME:
+        attention.register()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from apr.config import ConfigError
-from apr.model.config import ModelConfig, build_model
+from apr.model.config import ModelConfig, build_model, register_attention
 
 
 def build_for_tokenizer(cfg: ModelConfig, tokenizer, seed: int = 0):
@@ -111,6 +111,7 @@ def load_checkpoint(path: str | Path, attn_implementation: str | None = None):
     if not (path / "config.json").is_file():
         raise ConfigError(f"checkpoint: {str(path)!r} is not an HF model directory (no config.json)")
     check_checkpoint(path)
+    register_attention(attn_implementation)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     return model, AutoTokenizer.from_pretrained(path)

@@ -31,15 +31,18 @@ class Packing:
         lens = lengths.tolist()
         length = max(lens) if lens else 1
         starts, r, k = [0] * n, 0, 0  # flat start of each row in the packed layout
+        if sum(row_sizes) != n:
+            raise ValueError(f"packing: {row_sizes} rows do not hold the {n} sequences of lengths {lens}")
         for size in row_sizes:
             col = 0
             for _ in range(size):
                 starts[k] = r * length + col
                 col += lens[k]
                 k += 1
+            if col > length:  # it would spill into the next row
+                raise ValueError(f"packing: row {r} holds {col} tokens, more than the row length {length} "
+                                 f"(the longest sequence); row sizes {row_sizes}, lengths {lens}")
             r += 1
-        if k != n or any(lens[i] > length for i in range(n)):
-            raise ValueError(f"packing: {row_sizes} rows do not hold the {n} sequences of lengths {lens}")
         j = torch.arange(t)  # (t,)
         valid = j[None, :] < lengths[:, None]  # (n, t)
         flat_pos = torch.tensor(starts)[:, None] + j[None, :]  # (n, t)

@@ -46,7 +46,8 @@ class SFTDataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW (or Muon on the hidden matrices) with linear warmup then cosine decay to `min_lr_ratio * lr`."""
+    """AdamW (or Muon on the hidden matrices) with linear warmup then cosine decay to `min_lr_ratio * lr`
+    (or, `schedule: wsd`, the peak rate until the last `cooldown_fraction` of the run, then linear decay)."""
 
     name: Literal["adamw", "muon"] = "adamw"  # muon: apr.train.optim.muon_adamw
     muon_momentum: float = 0.95
@@ -54,6 +55,8 @@ class OptimConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear decay (cooldown_fraction)
+    cooldown_fraction: float = 0.4  # wsd: the last fraction of the run (steps or time budget) that decays
     weight_decay: float = 0.1  # on matrices (dim >= 2) only; norms are not decayed
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -66,6 +69,9 @@ class OptimConfig:
         check(0 <= self.muon_momentum < 1, "optim.muon_momentum", self.muon_momentum, "a number in [0, 1)")
         check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
         check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
+        check(self.schedule in ("cosine", "wsd"), "optim.schedule", self.schedule, "cosine or wsd")
+        check(0 < self.cooldown_fraction <= 1, "optim.cooldown_fraction", self.cooldown_fraction,
+              "a fraction in (0, 1]")
         check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
         check(all(0 <= b < 1 for b in self.betas), "optim.betas", list(self.betas), "two numbers in [0, 1)")
         check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")

@@ -141,6 +141,18 @@ class PackedBatch:
         return {"input_ids": self.input_ids, "position_ids": self.position_ids, "labels": self.labels,
                 "use_cache": False}
 
+    def inputs_for(self, model) -> dict:
+        """`model_inputs()`, as one (1, B*T) row where `model` attends with flash-attention: transformers
+        finds packed sequences in position_ids there only when the batch has a single row (with several,
+        sequences would attend to each other). Every row starts a sequence whose first label is -100, so
+        joining rows trains nothing across them."""
+        inputs = self.model_inputs()
+        impl = getattr(getattr(getattr(model, "module", model), "config", None), "_attn_implementation", "") or ""
+        if impl.startswith("flash") and self.input_ids.shape[0] > 1:
+            for key in ("input_ids", "position_ids", "labels"):
+                inputs[key] = inputs[key].reshape(1, -1)
+        return inputs
+
 
 def collate(seqs: Sequences | list[TrainSequence], rows: list[list[int]], row_len: int, pad_id: int) -> PackedBatch:
     """Rows of sequence indices -> a `PackedBatch` of shape (len(rows), row_len)."""

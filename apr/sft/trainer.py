@@ -197,7 +197,7 @@ class Trainer:
 
         batch = batch.to(self.strategy.device)
         with self.strategy.autocast():
-            out = model(**batch.model_inputs(), num_items_in_batch=torch.tensor(max(num_targets, 1)))
+            out = model(**batch.inputs_for(model), num_items_in_batch=torch.tensor(max(num_targets, 1)))
         return out.loss
 
     def run_eval(self) -> dict:

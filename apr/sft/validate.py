@@ -27,7 +27,7 @@ def loss_sums(model, batches: list[PackedBatch], device="cpu", precision: str = 
     with torch.no_grad(), autocast:
         for batch in batches:
             b = batch.to(device)
-            out = model(**b.model_inputs(), num_items_in_batch=torch.tensor(1))  # sum, not mean
+            out = model(**b.inputs_for(model), num_items_in_batch=torch.tensor(1))  # sum, not mean
             total += float(out.loss) if batch.num_targets else 0.0
             count += batch.num_targets
     model.train(was_training)

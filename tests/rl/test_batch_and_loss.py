@@ -65,7 +65,8 @@ def test_policy_loss_on_tiny_model(trees, tokenizer):
     assert torch.isfinite(policy_loss(model, batch, paper, ref_logprobs=logp.detach())[0])
 
 
-def test_packed_forward_equals_padded_rows(trees, tokenizer):
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa_packed"])
+def test_packed_forward_equals_padded_rows(trees, tokenizer, attn):
     """The learner's packed micro-batches give every thread the log-probs, entropies, values and gradients
     of its own right-padded row: no token attends across the threads sharing a packed row (sdpa, the
     default; tests/sft/test_packing.py shows transformers' packed-row masking under eager too)."""
@@ -74,8 +75,10 @@ def test_packed_forward_equals_padded_rows(trees, tokenizer):
     from apr.rl.logprobs import Packing
 
     out, _ = trees
-    cfg = ModelConfig.preset("tiny", num_layers=2, init_std=0.2)
-    model = build_model(cfg, len(tokenizer), seed=3).train()
+    cfg = ModelConfig.preset("tiny", num_layers=2, init_std=0.2, attn_implementation=attn)
+    # float64: the packed and padded paths add in different orders; in fp32 that alone moves a few
+    # gradient entries by ~5e-4, so exactness is checked where rounding is out of the way
+    model = build_model(cfg, len(tokenizer), seed=3).train().double()
     batch = sequences_from_trees(out, rewards=[1.0, 0.0, 1.0, 0.0], group_ids=[0, 0, 1, 1])
     lengths = batch.lengths.tolist()
     (group,) = micro_batches(lengths, max_tokens=max(lengths) * len(lengths))  # one micro-batch, all of it
@@ -99,9 +102,23 @@ def test_packed_forward_equals_padded_rows(trees, tokenizer):
     # the critic reads the same packed rows
     critic = ValueModel.__new__(ValueModel)
     torch.nn.Module.__init__(critic)
-    critic.backbone, critic.head = model.model, torch.nn.Linear(cfg.hidden_size, 1)
+    critic.backbone, critic.head = model.model, torch.nn.Linear(cfg.hidden_size, 1).double()
     with torch.no_grad():
         torch.testing.assert_close(critic(sub.ids, packing)[real], critic(sub.ids)[real], atol=1e-5, rtol=1e-5)
+
+
+def test_packing_refuses_rows_whose_threads_do_not_fit():
+    # review (issue 25 item 7): the row width is the longest thread, and only single threads were checked,
+    # so rows [2, 1] for lengths [3, 2, 3] wrote the second thread over the next row's first
+    from apr.rl.logprobs import Packing
+
+    ids = torch.arange(1, 25).view(3, 8)
+    with pytest.raises(ValueError, match=r"packing: row 0 holds 5 tokens, more than the row length 3"):
+        Packing(ids, torch.tensor([3, 2, 3]), [2, 1])
+    ok = Packing(ids, torch.tensor([3, 2, 5]), [2, 1])  # 3 + 2 fit a row of 5
+    assert ok.ids.tolist() == [[1, 2, 3, 9, 10], [17, 18, 19, 20, 21]]
+    with pytest.raises(ValueError, match="rows do not hold"):
+        Packing(ids, torch.tensor([3, 2, 5]), [1, 1])
 
 
 def test_micro_batches_pack_rows_within_the_token_budget():

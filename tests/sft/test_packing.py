@@ -77,7 +77,7 @@ def per_sequence_loss(model, seqs):
     return total / count
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa_packed", "eager"])
 def test_packed_loss_equals_per_sequence_loss(attn, data_dir, data_tokenizer):
     seqs = load_split(SFTDataConfig(dir=str(data_dir), solver="apr"), "val", data_tokenizer, 2)[:8]
     cfg = ModelConfig.preset("tiny", num_layers=2, init_std=0.2, attn_implementation=attn)
@@ -98,6 +98,30 @@ def test_packed_loss_equals_per_sequence_loss(attn, data_dir, data_tokenizer):
     leaky = model(input_ids=batch.input_ids, labels=batch.labels, use_cache=False,
                   num_items_in_batch=torch.tensor(batch.num_targets)).loss
     assert abs(leaky.item() - reference.item()) > 1e-3
+
+
+def test_flash_attention_gets_each_micro_batch_as_one_row_with_the_same_loss(data_dir, data_tokenizer):
+    # review (issue 25 item 8): transformers finds packed sequences from position_ids under flash-attention
+    # only for a batch of one row, and SFT packed batch_rows rows: sequences would attend to each other
+    from types import SimpleNamespace
+
+    seqs = load_split(SFTDataConfig(dir=str(data_dir), solver="apr"), "val", data_tokenizer, 2)[:8]
+    batch = collate(seqs, pack_decreasing(seqs, list(range(len(seqs))), 512), 512, data_tokenizer.pad_token_id)
+    assert batch.input_ids.shape[0] > 1
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    wrapped = SimpleNamespace(module=flash)  # DDP
+    for m in (flash, wrapped):
+        inputs = batch.inputs_for(m)
+        assert inputs["input_ids"].shape == (1, batch.input_ids.numel())
+        assert torch.equal(inputs["position_ids"].view_as(batch.position_ids), batch.position_ids)
+    cfg = ModelConfig.preset("tiny", num_layers=2, init_std=0.2)
+    model = build_for_tokenizer(cfg, data_tokenizer, seed=1)
+    assert batch.inputs_for(model)["input_ids"].shape == batch.input_ids.shape  # sdpa: rows as they are
+    n = torch.tensor(batch.num_targets)
+    with torch.no_grad():
+        rows = model(**batch.model_inputs(), num_items_in_batch=n).loss
+        one_row = model(**batch.inputs_for(flash), num_items_in_batch=n).loss  # the flash layout, under sdpa
+    assert abs(rows.item() - one_row.item()) < 1e-5  # nothing is trained across the joined rows
 
 
 def test_loader_shards_resumes_and_checks_batch(data_dir, data_tokenizer):
