@@ -101,6 +101,9 @@ def run_clean(fn: Callable[[], Any]) -> Any:
     except ConfigError as e:
         print_error(str(e))
         sys.exit(2)
+    except FloatingPointError as e:  # a run that diverged (non-finite weights or gradients): one line, exit 1
+        print_error(str(e))
+        sys.exit(1)
     finally:
         if log is not None:
             sys.stdout = console

@@ -87,8 +87,11 @@ class LocalEngine:
         """Load an HF Llama directory. Example: `LocalEngine.from_pretrained("runs/sft/model", max_batch_size=32)`."""
         from transformers import LlamaForCausalLM
 
+        from apr.model.integrity import check_finite_weights
+
         cfg = LocalEngineConfig(device=device, dtype=dtype, **config)
         model = LlamaForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+        check_finite_weights(model, path, "model")
         return cls(model, cfg)
 
     # ---- the Engine interface --------------------------------------------------------------

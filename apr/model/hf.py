@@ -105,7 +105,7 @@ def load_checkpoint(path: str | Path, attn_implementation: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from apr.model.integrity import check_checkpoint
+    from apr.model.integrity import check_checkpoint, check_finite_weights
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -114,6 +114,7 @@ def load_checkpoint(path: str | Path, attn_implementation: str | None = None):
     register_attention(attn_implementation)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    check_finite_weights(model, path)
     return model, AutoTokenizer.from_pretrained(path)
 
 

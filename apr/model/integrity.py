@@ -117,12 +117,31 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def check_checkpoint(directory: str | Path, field: str = "checkpoint", verify_hashes: bool = False) -> None:
-    """Raise `ConfigError` naming `field`, the damaged file and the problem (see `find_damage`)."""
+def check_checkpoint(directory: str | Path, field: str = "checkpoint", verify_hashes: bool = True) -> None:
+    """Raise `ConfigError` naming `field`, the damaged file and the problem (see `find_damage`). Loaders
+    verify the manifest's hashes: a file damaged in place (same size) is caught before it is used."""
     problem = find_damage(directory, verify_hashes)
     if problem:
         raise ConfigError(f"{field}: {str(directory)!r} is damaged: {problem}; accepted: an intact checkpoint "
                           "(copy it again, or use an earlier one)")
+
+
+def nonfinite_tensor(model) -> str | None:
+    """The name of the first parameter or buffer of `model` holding NaN or inf, None if all are finite."""
+    import torch
+
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def check_finite_weights(model, directory: str | Path, field: str = "checkpoint") -> None:
+    """Raise `ConfigError` naming `field` and the tensor if the loaded weights hold NaN or inf."""
+    name = nonfinite_tensor(model)
+    if name is not None:
+        raise ConfigError(f"{field}: {str(directory)!r} holds non-finite weights ({name} has NaN or inf); "
+                          "accepted: a checkpoint with finite weights (use an earlier one)")
 
 
 def weights_hash(directory: str | Path) -> str:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -107,8 +108,9 @@ class RLOptimConfig:
     grad_clip: float = 1.0  # 0: off
 
     def __post_init__(self) -> None:
-        check(self.lr > 0 and self.critic_lr > 0, "optim.lr/critic_lr", (self.lr, self.critic_lr),
-              "positive numbers")
+        check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", self.lr, "a positive finite number")
+        check(self.critic_lr > 0 and math.isfinite(self.critic_lr), "optim.critic_lr", self.critic_lr,
+              "a positive finite number")
         check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
         check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
         check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0 (0 = off)")

@@ -53,18 +53,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class NonFiniteWeights(FloatingPointError):
+    """The weights to be saved hold NaN or inf: nothing was written (see `save`)."""
+
+
 def save(path: Path, write: Callable[[Path], None], state: dict, is_main: bool = True,
          barrier: Callable[[], None] = lambda: None) -> Path:
     """Write a complete checkpoint at `path`: `write(tmp)` fills the staging directory (every process
     calls this when several do: pass `is_main` and the group's `barrier`), then `state` goes to
-    trainer_state.json and the directory is sealed and renamed."""
+    trainer_state.json and the directory is sealed and renamed. Weights holding NaN or inf are never
+    saved: `NonFiniteWeights` names the tensor, the step and the last good checkpoint."""
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}"
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / TRAINER_DIR).mkdir(parents=True)
     barrier()
-    write(tmp)
+    try:
+        write(tmp)
+    except NonFiniteWeights as e:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        run_dir = path.parent if path.name == "final" else path.parent.parent
+        good = candidates(run_dir)
+        raise NonFiniteWeights(
+            f"{e} at step {state.get('step', '?')}: {path} was not written; the last good checkpoint is "
+            + (str(good[0]) if good else "none (none was written before)")
+            + " (lower optim.lr or check the data, then resume=true from it)") from None
     barrier()
     if is_main:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -78,9 +93,15 @@ def save_model(path: Path, strategy, tokenizer) -> None:
     state and RNG. Collective under ZeRO-3 (the full weights are gathered)."""
     import torch
 
+    from apr.train import collectives
+
+    full = strategy.hf_state_dict()
+    weights = full if full is not None else dict(strategy.module.named_parameters())
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if collectives.all_reduce_max(int(bad is not None)):  # every process refuses together
+        raise NonFiniteWeights(f"the weights hold NaN or inf ({bad or 'on another process'})")
     trainer = Path(path) / TRAINER_DIR
     trainer.mkdir(parents=True, exist_ok=True)
-    full = strategy.hf_state_dict()
     if strategy.is_main:
         save_checkpoint(strategy.module, tokenizer, path, state_dict=full)
     strategy.save_state(trainer)

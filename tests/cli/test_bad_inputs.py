@@ -194,3 +194,47 @@ def test_a_cuda_engine_config_composes_on_a_cpu_node_and_fails_where_it_is_built
     assert cfg.dtype == "bfloat16"
     with pytest.raises(ConfigError, match="^engine.device: got 'cuda'; accepted: cpu here"):
         LocalEngine(load_checkpoint(assets[0])[0], cfg)
+
+
+def _nan_in_place(model_dir: Path, count: int = 16) -> str:
+    """Set `count` floats of one weight to NaN, the file's size unchanged; returns the tensor's name."""
+    from safetensors.torch import load_file, save_file
+
+    path = model_dir / "model.safetensors"
+    size = path.stat().st_size
+    tensors = load_file(path)
+    name = sorted(k for k in tensors if "layers.0" in k)[0]
+    tensors[name].view(-1)[:count] = float("nan")
+    save_file(tensors, path, metadata={"format": "pt"})
+    assert path.stat().st_size == size
+    return name
+
+
+def test_weights_damaged_in_place_are_never_used(tmp_path, assets):
+    # probe (issue 26 item 4): 16 floats set to NaN, size unchanged: solve and eval loaded the checkpoint,
+    # decoded <pad> and reported 0%; the manifest's hashes were never checked
+    import shutil
+
+    from apr.api import Reasoner
+    from apr.cli.eval import preflight
+    from apr.model import load_checkpoint
+    from apr.model.integrity import write_manifest
+
+    init, data = assets
+    model = tmp_path / "model"
+    shutil.copytree(init, model)
+    write_manifest(model)
+    name = _nan_in_place(model)
+    with pytest.raises(ConfigError, match="model: .* is damaged: model.safetensors: .*sha256 mismatch"):
+        Reasoner.from_pretrained(str(model))
+    with pytest.raises(ConfigError, match="models.apr: .* is damaged: model.safetensors: .*sha256 mismatch"):
+        preflight(composed("eval", f"models.apr={model}", f"data_dir={data}", "split=val",
+                           f"out_dir={tmp_path / 'out'}"))
+    with pytest.raises(ConfigError, match="sha256 mismatch"):
+        load_checkpoint(model)
+    # without a manifest (another tool wrote it): the loaded weights are checked instead
+    (model / "manifest.json").unlink()
+    with pytest.raises(ConfigError, match=rf"model: .* holds non-finite weights \({name} has NaN or inf\)"):
+        Reasoner.from_pretrained(str(model))
+    with pytest.raises(ConfigError, match=rf"holds non-finite weights \({name}"):
+        load_checkpoint(model)

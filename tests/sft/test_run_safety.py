@@ -134,3 +134,44 @@ def test_resume_changed_continues_with_the_new_settings(four_steps, data_dir, da
                       data_tokenizer).fit()
     assert summary["step"] == 5 and len(summary["losses"]) == 1
     assert "resume_changed=true: continuing" in capsys.readouterr().out
+
+
+def test_weights_with_nan_are_never_saved_and_the_last_good_checkpoint_is_named(four_steps, tmp_path, capsys):
+    # probe (issue 26 item 1): optim.lr=inf ran to "done" and saved NaN weights as final/
+    import torch
+
+    from apr.cli.common import run_clean
+    from apr.train.strategy import STRATEGIES
+
+    run_dir = _copy(four_steps, tmp_path)
+    model, tokenizer = load_checkpoint(run_dir / "final")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, :3] = float("nan")
+    strategy = STRATEGIES["torch"](torch.device("cpu"), "fp32")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    strategy.setup(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+    target = run_dir / "checkpoints" / "step_00000006"
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+    def save():
+        ckpt.save(target, lambda d: ckpt.save_model(d, strategy, tokenizer), {"step": 6})
+
+    capsys.readouterr()  # transformers' loading bars
+    with pytest.raises(ckpt.NonFiniteWeights, match=r"model.layers.1.mlp.up_proj.weight\) at step 6: .*step_00000006 "
+                                                     r"was not written; the last good checkpoint is .*final"):
+        save()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before  # no staging left either
+    with pytest.raises(SystemExit) as e:  # the CLIs: one line, non-zero
+        run_clean(save)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the weights hold NaN or inf")
+
+
+def test_rl_learning_rates_must_be_finite():
+    from apr.config import from_dict
+    from apr.rl.config import RLConfig
+
+    for field in ("lr", "critic_lr"):
+        with pytest.raises(ConfigError, match=f"^optim.{field}: got inf; accepted: a positive finite number"):
+            from_dict(RLConfig, {"init": "x", "optim": {field: float("inf")}})
