@@ -7,9 +7,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import hydra
 
 from apr.cli.common import check_writable_dir, config_dir, run_clean, to_container
+from apr.config import ConfigError
 
 
 def configs(c: dict) -> tuple:
@@ -32,6 +36,28 @@ def preflight(c: dict) -> None:
     task, _, data, _ = configs(c)
     check_writable_dir(data.out_dir, "data.out_dir")
     check_generation(task, data)
+    overwrite = c.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite: got {overwrite!r}; accepted: true or false")
+    out = Path(data.out_dir)
+    held = [name for name in DATA_FILES if (out / name).exists()]
+    complete = (out / "stats.json").is_file()  # written last: without it, an interrupted generation
+    if complete and not overwrite:
+        raise ConfigError(f"data.out_dir: {str(out)!r} already holds a data set ({', '.join(held)}); accepted: "
+                          "another data.out_dir, or overwrite=true to move it aside and write a new one")
+    if held:  # last: nothing is moved before every check has passed; an unfinished set is moved aside too
+        aside = out.with_name(out.name + ".replaced")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = out.with_name(f"{out.name}.replaced{n}")
+        os.replace(out, aside)
+        why = "overwrite=true" if complete else "an unfinished data set (no stats.json)"
+        print(f"{why}: moved the earlier {out} to {aside} (delete it to free the space)")
+
+
+# what marks a directory as holding a data set (apr.datagen.generate_dataset writes them)
+DATA_FILES = ("stats.json", "train", "val", "test", "tokenizer")
 
 
 def run(c: dict) -> dict:

@@ -76,3 +76,28 @@ def test_apr_console_entry(tmp_path):
         main(["--help"])
     except SystemExit as e:
         assert e.code == 0
+
+
+def test_an_existing_data_set_is_refused_and_overwrite_moves_it_aside(tmp_path):
+    # probe (issue 26 item 2): data.out_dir=<an existing set> replaced 20,000 problems by 20, without a word
+    out = tmp_path / "d"
+    small = ("task=countdown_n3", "data.num_val=5", "data.num_test=5", f"data.out_dir={out}", "data.progress=false")
+    assert run_cli("data.num_train=20", *small, cwd=ROOT).returncode == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = run_cli("data.num_train=8", *small, cwd=ROOT)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: data.out_dir: '{out}' already holds a data set "
+                                                   "(stats.json, train, val, test, tokenizer); accepted:")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
+    r = run_cli("data.num_train=8", "overwrite=true", *small, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    aside = tmp_path / "d.replaced"
+    assert f"moved the earlier {out} to {aside}" in r.stdout
+    assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == before
+    assert json.loads((out / "stats.json").read_text())["train"]["sosp"]["num_problems"] == 8
+    # an interrupted generation (no stats.json yet) is moved aside without asking: make quickstart resumes
+    (out / "stats.json").unlink()
+    r = run_cli("data.num_train=8", *small, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "d.replaced2" / "train").is_dir() and (out / "stats.json").is_file()
