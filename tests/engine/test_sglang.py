@@ -249,6 +249,42 @@ def test_server_restarted_mid_run_requests_are_retried(ckpts):
     engine.close()
 
 
+def test_a_restarted_server_is_synced_again_and_its_stale_answers_are_discarded(ckpts, tmp_path):
+    # review against the wheels (issue 24 item 2): a restarted server serves its launch checkpoint until the
+    # next sync and says so in meta_info.weight_version, which the client ignored: RL trained on them
+    from transformers import LlamaForCausalLM
+
+    from apr.rl.weights import to_buckets
+
+    port = _free_port()
+    first = Standin(str(ckpts[0]), port=port).start()
+    engine = SGLangEngine.from_pretrained(str(ckpts[0]), urls=[first.url], weights_dir=str(tmp_path),
+                                          **{**FAST, "max_retries": 6, "backoff_s": 0.1})
+    want_b = _reference(ckpts[1], PROMPTS, GREEDY)
+    assert want_b != _reference(ckpts[0], PROMPTS, GREEDY)
+    engine.load_weights(to_buckets(LlamaForCausalLM.from_pretrained(ckpts[1]).state_dict(), 0.05), 3)
+    first.stop()
+    with Standin(str(ckpts[0]), port=port) as second:  # restarted: the launch checkpoint, version "default"
+        for i, p in enumerate(PROMPTS):
+            engine.submit(Request(f"r{i}", p, GREEDY))
+        got = {c.request_id: c.output_ids for c in engine.run_until_done()}
+        assert [got[f"r{i}"] for i in range(len(PROMPTS))] == want_b  # the synced policy's answers only
+        assert second.weight_version == "3"
+        assert [b["weight_version"] for p, b in second.calls if p == "/update_weights_from_disk"] == ["3"]
+        assert engine.num_stale_answers >= 1 and second.num_generate == len(PROMPTS) + engine.num_stale_answers
+    engine.close()
+
+
+def test_distributed_sync_refuses_answers_from_a_server_that_lost_its_weights(ckpts, server):
+    engine = _engine(server.url, weight_sync="distributed", weight_sync_backend="gloo")
+    engine._synced(7)  # as a broadcast of version 7 ends; the server (never updated) still says "default"
+    engine.submit(Request("r", PROMPTS[0], GREEDY))
+    with pytest.raises(SGLangError, match=rf"{server.url} serves weight version 'default', but version 7 was "
+                                          r"synced: .*restarted.*resume=true.*engine.weight_sync=disk"):
+        engine.run_until_done()
+    engine.close()
+
+
 def test_abort_in_flight_and_queued_requests(ckpts):
     with Standin(str(ckpts[0]), step_sleep_s=0.02) as s:
         engine = _engine(s.url, max_inflight=1)

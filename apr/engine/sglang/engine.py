@@ -10,6 +10,7 @@ on the server that holds it. Requests run on a thread pool, at most `max_infligh
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import random
 import threading
@@ -30,6 +31,8 @@ from apr.engine.sglang.rl_methods import RLMethods
 from apr.engine.sglang.weights import WeightUpdater
 from apr.engine.sglang.wire import Seq, SeqStatus, completion, payload
 
+log = logging.getLogger(__name__)
+
 
 class SGLangEngine(RLMethods):
     """The `Engine` interface over one or more SGLang servers (see `apr.engine.sglang`)."""
@@ -42,6 +45,10 @@ class SGLangEngine(RLMethods):
         self.servers = list(servers)  # launched by `from_pretrained`, stopped by `close`
         self.stats = EngineStats()
         self.policy_version = 0  # the weight version the servers hold (`update_weights_*`)
+        self._expected_version: str | None = None  # what answers must say since the first sync
+        self._synced_path: str | None = None  # the checkpoint of the last disk sync (re-sent to a restarted server)
+        self.num_stale_answers = 0  # answers of a server serving other weights than the last sync's: discarded
+        self._resynced: set[str] = set()  # servers loaded again since the last sync
         self._client = HttpClient(cfg)
         self._check_health()
         self.server_info = check_servers(self._client, cfg)  # by URL: version, server args
@@ -108,19 +115,23 @@ class SGLangEngine(RLMethods):
                 self._ready.append(Completion(seq.seq_id, [], [], FinishReason.LENGTH, 0, 0))
                 continue
             seq.payload = payload(seq.token_ids, request.params, max_new, seed + i)
-            self._live[seq.seq_id] = seq
-            self._load[seq.url] += 1
-            seq.future = self._pool.submit(self._work, seq)
+            self._dispatch(seq)
+
+    def _dispatch(self, seq: Seq) -> None:
+        seq.expected_version = self._expected_version
+        self._live[seq.seq_id] = seq
+        self._load[seq.url] += 1
+        seq.future = self._pool.submit(self._work, seq)
 
     def step(self) -> list[Completion]:
         """Wait until at least one request finished (or return [] if none is in flight)."""
         start = time.perf_counter()
         out, self._ready = self._ready, []
-        if not out and self._live:
-            out.append(self._collect(self._next_done()))
+        while not out and self._live:  # a stale answer is sent again: wait for the next one
+            out += self._collect(self._next_done())
         while True:
             try:
-                out.append(self._collect(self._done.get_nowait()))
+                out += self._collect(self._done.get_nowait())
             except queue.Empty:
                 break
         self.stats.num_steps += 1
@@ -231,7 +242,8 @@ class SGLangEngine(RLMethods):
         self._live.pop(seq.seq_id, None)
         self._load[seq.url] -= 1
 
-    def _collect(self, item) -> Completion:
+    def _collect(self, item) -> list[Completion]:
+        """The finished call as a completion ([] when its answer was stale and the call was sent again)."""
         seq, body = item
         self._finish(seq)
         if isinstance(body, BaseException):
@@ -239,7 +251,42 @@ class SGLangEngine(RLMethods):
                 raise body
             body = None  # aborted: a rejected or dropped call is just the end of it
         if body is None:
-            return Completion(seq.seq_id, [], [], FinishReason.ABORT, 0, 0, finished_s=time.perf_counter() - seq.submit_s)
+            return [Completion(seq.seq_id, [], [], FinishReason.ABORT, 0, 0,
+                               finished_s=time.perf_counter() - seq.submit_s)]
+        served = (body.get("meta_info") or {}).get("weight_version")
+        if (seq.expected_version is not None and served is not None and str(served) != seq.expected_version
+                and not seq.stop.is_set()):
+            self._resync(seq.url, str(served), seq.expected_version)
+            self.num_stale_answers += 1
+            self._dispatch(seq)  # the same request again, on the synced weights
+            return []
+        return [self._completed(seq, body)]
+
+    def _resync(self, url: str, served: str, expected: str) -> None:
+        """A server answered with other weights than the last sync's: it restarted (it serves its launch
+        checkpoint). Disk sync: load the last synced checkpoint into it again (once; its later stale
+        answers are re-sent too). Distributed sync: what it lost cannot be sent again from here."""
+        if self._expected_version != expected:  # a newer sync since this call was sent: nothing to repair
+            return
+        if self.config.weight_sync == "disk" and self._synced_path is not None:
+            if url not in self._resynced:
+                log.warning("%s serves weight version %r, not %s: it restarted; loading %s into it again",
+                            url, served, expected, self._synced_path)
+                self._weights.from_disk(self._synced_path, int(expected), urls=[url])
+                self._resynced.add(url)
+            return
+        raise SGLangError(f"{url} serves weight version {served!r}, but version {expected} was synced: the server "
+                          "restarted and lost the broadcast weights; resume=true from the run's last checkpoint, "
+                          "or use engine.weight_sync=disk (a restarted server is then synced again by itself)")
+
+    def _synced(self, version: int, path: str | None = None) -> None:
+        """Every server holds `version` now (loaded from `path`, or broadcast when None)."""
+        self.policy_version = version
+        self._expected_version = str(version)
+        self._synced_path = None if path is None else str(path)
+        self._resynced: set[str] = set()
+
+    def _completed(self, seq: Seq, body: dict) -> Completion:
         c = completion(seq.seq_id, body, time.perf_counter() - seq.submit_s, seq.url)
         if seq.stop.is_set():  # aborted, even if the server finished it first (as the local engine does)
             c.finish_reason = FinishReason.ABORT

@@ -17,7 +17,7 @@ class RLMethods:
     def update_weights_from_disk(self, path: str | Path, version: int) -> None:
         """Load an HF checkpoint directory (readable by every server) in place, in a weight-update session."""
         self._weights.from_disk(path, version)
-        self.policy_version = version
+        self._synced(version, str(path))
 
     def load_weights(self, buckets: list[dict], version: int) -> None:
         """Weights from the learner (name -> tensor dicts, `apr.rl.weights.to_buckets`) into every server.
@@ -38,7 +38,7 @@ class RLMethods:
         ranks start at 1 + i * ranks_per_server), bucket by bucket, in one weight-update session;
         `policy_version` is `version` once every server acknowledged every bucket."""
         self._weights.broadcast(buckets, version)
-        self.policy_version = version
+        self._synced(version)
 
     def init_weights_update_group(self, master_address: str, master_port: int, world_size: int,
                                   group_name: str = "apr_weights", backend: str = "nccl",
@@ -53,7 +53,7 @@ class RLMethods:
         """Announce a broadcast of tensors `names` from rank 0 (call it inside `weight_update_session()`),
         broadcast them, then `.result()`; `policy_version` is set once every server acknowledged."""
         future = self._weights.announce(names, dtypes, shapes, version, group_name)
-        future.add_done_callback(lambda f: f.exception() is None and setattr(self, "policy_version", version))
+        future.add_done_callback(lambda f: f.exception() is None and self._synced(version))
         return future
 
     def weight_update_session(self):

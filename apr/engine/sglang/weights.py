@@ -48,11 +48,11 @@ class WeightUpdater:
 
     # ---- sessions ----------------------------------------------------------------------------
     @contextmanager
-    def session(self):
-        """Open a weight-update session on every server for the block; always closed after it."""
+    def session(self, urls: list[str] | None = None):
+        """Open a weight-update session on every server (or `urls`) for the block; always closed after it."""
         opened = []
         try:
-            for url in self.cfg.urls:
+            for url in urls or self.cfg.urls:
                 body = self.client.call("POST", url, "/begin_weight_update", {}, ok_404=True)
                 if body is not None:  # None: 404, a server from before sessions
                     opened.append(url)
@@ -86,13 +86,15 @@ class WeightUpdater:
             raise SessionLost(f"{refused[0]} (the server restarted inside the weight-update session?)")
 
     # ---- disk ---------------------------------------------------------------------------------
-    def from_disk(self, path: str | Path, version: int) -> None:
-        """Every server loads the HF checkpoint `path` (readable by all of them) in place; caches flushed."""
+    def from_disk(self, path: str | Path, version: int, urls: list[str] | None = None) -> None:
+        """Every server (or `urls`) loads the HF checkpoint `path` (readable by all of them) in place; caches
+        flushed."""
         body = {"model_path": str(path), "flush_cache": True, "weight_version": str(version)}
+        urls = urls or self.cfg.urls
         for attempt in range(2):
             try:
-                with self.session():
-                    for url in self.cfg.urls:
+                with self.session(urls):
+                    for url in urls:
                         check_success(url, "/update_weights_from_disk", self.client.call(
                             "POST", url, "/update_weights_from_disk", body, timeout_s=self.cfg.timeout_s))
                 return

@@ -44,6 +44,7 @@ class Seq:
     status: SeqStatus = SeqStatus.INFLIGHT
     future: Future | None = None
     rid: str = ""  # SGLang request id of the current attempt, for /abort_request
+    expected_version: str | None = None  # the weight version its answer must carry (None: before any sync)
     stop: threading.Event = field(default_factory=threading.Event)  # abort requested
     submit_s: float = field(default_factory=time.perf_counter)
 
