@@ -300,6 +300,28 @@ def check_inputs(cfg: RLConfig) -> None:
     load_problems(cfg.data.dir, cfg.data.split, 1)
     if cfg.rollout.eval_problems:
         load_problems(cfg.data.dir, cfg.rollout.eval_split, 1)
+    check_local_gpus(cfg)
+
+
+def check_local_gpus(cfg: RLConfig, available: int | None = None) -> None:
+    """`dist=ray_local` asks Ray for the GPUs the config names: more than this machine has would wait for
+    ever ("No available node types can fulfill {GPU: 1}"), so it is refused here, naming the fields."""
+    d = cfg.dist
+    wanted = {"dist.worker_gpus": d.worker_gpus * d.num_rollout_workers, "dist.learner_gpus": d.learner_gpus *
+              d.num_learners, "dist.ref_gpus": d.ref_gpus}
+    total = sum(wanted.values())
+    if d.mode != "ray_local" or total == 0:
+        return
+    if available is None:
+        import torch
+
+        available = torch.cuda.device_count()
+    if total > available + 1e-9:
+        fields = ", ".join(f"{k}={v:g}" for k, v in wanted.items() if v)
+        raise ConfigError(f"dist: the run asks a local Ray cluster for {total:g} GPUs ({fields}, counting every "
+                          f"worker and learner) but this machine has {available}; accepted: at most {available} "
+                          "GPUs in all (0 on a CPU-only machine: dist.worker_gpus=0 dist.learner_gpus=0 "
+                          "dist.ref_gpus=0), or dist=ray_cluster on a cluster that has them")
 
 
 def run_recipe(cfg: RLConfig) -> dict:
@@ -310,7 +332,11 @@ def run_recipe(cfg: RLConfig) -> dict:
             "optim.warmup_steps": cfg.optim.warmup_steps, "train.steps": cfg.train.steps,
             "train.max_minutes": cfg.train.max_minutes,
             "train.batch_problems": cfg.train.batch_problems, "algo.group_size": cfg.algo.group_size,
-            "train.off_policy_steps": cfg.train.off_policy_steps, "seed": cfg.seed}
+            "train.off_policy_steps": cfg.train.off_policy_steps, "seed": cfg.seed,
+            "algo.advantage": cfg.algo.advantage, "algo.credit": cfg.algo.credit, "loss.policy": cfg.loss.policy,
+            "loss.kl_coef": cfg.loss.kl_coef, "loss.clip": cfg.loss.clip, "loss.entropy_coef": cfg.loss.entropy_coef,
+            "rollout.runtime.temperature": cfg.rollout.runtime.temperature,
+            "rollout.runtime.max_thread_tokens": cfg.rollout.runtime.max_thread_tokens}
 
 
 def _say(msg: str) -> None:

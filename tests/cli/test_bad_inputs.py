@@ -238,3 +238,12 @@ def test_weights_damaged_in_place_are_never_used(tmp_path, assets):
         Reasoner.from_pretrained(str(model))
     with pytest.raises(ConfigError, match=rf"holds non-finite weights \({name}"):
         load_checkpoint(model)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_rl_asking_a_local_cluster_for_a_gpu_on_a_cpu_machine_is_one_line(tmp_path, assets):
+    init, data = assets
+    r = cli("rl", f"init={init}", f"data.dir={data}", f"run_dir={tmp_path / 'run'}", "dist=ray_local",
+            "dist.worker_gpus=1")
+    one_line(r, "error: dist: the run asks a local Ray cluster for 2 GPUs (dist.worker_gpus=2")
+    assert not (tmp_path / "run").exists()

@@ -49,8 +49,31 @@ def test_resume_refuses_changed_settings_and_names_them(two_steps, tmp_path, tok
     regenerated = make_data(tmp_path / "data", n_train=41)
     with pytest.raises(ConfigError, match="other settings: data.dir contents "):
         _fit(_cfg(tmp_path, init, regenerated, resume=True))
+    # probe (issue 26 item 6): grpo -> rloo, KL 0.001 -> 0.5, temperature 1.0 -> 0.7, window 512 -> 256 resumed
+    # without a word
+    with pytest.raises(ConfigError, match=r"other settings: algo.advantage 'grpo' -> 'rloo'; loss.kl_coef 0.001 -> "
+                                          r"0.5; rollout.runtime.temperature 1.0 -> 0.7; rollout.runtime."
+                                          r"max_thread_tokens 48 -> 40; accepted"):
+        _fit(_cfg(tmp_path, init, data, resume=True, **{"algo.advantage": "rloo", "loss.kl_coef": 0.5,
+                                                       "rollout.runtime.temperature": 0.7,
+                                                       "rollout.runtime.max_thread_tokens": 40}))
     summary = _fit(_cfg(tmp_path, init, data, resume=True, resume_changed=True, **{"train.steps": 3}))
     assert summary["step"] == 3
+
+
+def test_a_local_cluster_is_never_asked_for_gpus_the_machine_lacks(two_steps, tmp_path):
+    # probe (issue 26 item 5): dist.worker_gpus=1 on a CPU-only machine: Ray repeated "No available node types
+    # can fulfill {GPU: 1}" until killed
+    from apr.rl.trainer import check_local_gpus
+
+    _, init, data = two_steps
+    cfg = _cfg(tmp_path, init, data, **{"dist.mode": "ray_local", "dist.worker_gpus": 1.0,
+                                        "dist.num_rollout_workers": 2, "dist.learner_gpus": 0.5})
+    with pytest.raises(ConfigError, match=r"^dist: the run asks a local Ray cluster for 2.5 GPUs \(dist.worker_gpus=2, "
+                                          r"dist.learner_gpus=0.5, .*\) but this machine has 1; accepted: at most 1"):
+        check_local_gpus(cfg, available=1)
+    check_local_gpus(cfg, available=3)  # enough
+    check_local_gpus(_cfg(tmp_path, init, data, **{"dist.mode": "ray_cluster", "dist.worker_gpus": 1.0}), available=0)
 
 
 def test_overwrite_sets_the_earlier_run_aside(two_steps, tmp_path):
