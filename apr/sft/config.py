@@ -28,6 +28,9 @@ class SFTDataConfig:
     overlong: Literal["drop", "truncate", "error"] = "drop"  # threads longer than max_seq_len
     max_dropped_frac: float = 0.5  # fail before training if more threads than this are too long
     solved_only: bool = False  # keep only traces whose search found the answer
+    # arithmetic drills (apr.sft.drills): the traces' own `a op b = c` facts as extra sequences trained on
+    # the results, their tokens this fraction of the training traces' tokens (0: none)
+    drills: float = 0.0
     max_train_records: int | None = None  # first N training traces (None: all)
     max_val_records: int | None = 200  # first N validation traces for the validation loss
     # read threads from the token cache beside the traces (apr.datagen.token_cache; built on first use)
@@ -37,6 +40,7 @@ class SFTDataConfig:
     def __post_init__(self) -> None:
         check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "an integer >= 8")
         check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0 (0: every CPU)")
+        check(0.0 <= self.drills <= 1.0, "data.drills", self.drills, "a fraction in [0, 1] (0: no drills)")
         check(0.0 <= self.max_dropped_frac <= 1.0, "data.max_dropped_frac", self.max_dropped_frac,
               "a fraction in [0, 1]")
         for name in ("max_train_records", "max_val_records"):

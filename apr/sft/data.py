@@ -15,7 +15,7 @@ where the thread generated the token and -100 on the prompt and on runtime-writt
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,7 @@ class FitReport:
     num_truncated: int
     longest: int
     longest_prompt: int
+    drills: dict = field(default_factory=dict)  # arithmetic drill sequences added (apr.sft.drills)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

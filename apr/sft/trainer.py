@@ -26,6 +26,7 @@ from apr.model import build_for_tokenizer, count_parameters, load_checkpoint
 from apr.model.integrity import files_fingerprint
 from apr.sft.config import SFTConfig
 from apr.sft.data import FitReport, Sequences, TrainSequence, fit_to_window, load_split
+from apr.sft.drills import with_drills
 from apr.sft.packing import PackedBatch, PackedLoader, eval_batches
 from apr.sft.validate import loss_sums
 from apr.train import checkpoint as ckpt
@@ -53,6 +54,8 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> TrainData:
     """Train and validation sequences fitted to `data.max_seq_len` (fails before any training)."""
     train, train_report = fit_to_window(load_split(cfg.data, "train", tokenizer, cfg.data.max_train_records),
                                         cfg.data, "train")
+    train, drills = with_drills(train, tokenizer, cfg.data.drills, cfg.seed)
+    train_report.drills = drills
     val_path = Path(cfg.data.dir) / "val" / f"{cfg.data.solver}.jsonl"
     val, reports = Sequences.of([]), {"train": train_report}
     if val_path.is_file() and val_path.stat().st_size > 0:
