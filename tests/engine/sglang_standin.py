@@ -96,8 +96,11 @@ class Standin(StandinWeights):
                             "tp_size": tp_size, "pp_size": 1, "enable_dp_attention": False,
                             "enable_deterministic_inference": deterministic, "attention_backend": attention_backend}
         self.is_session_open = False  # a weight-update session (begin_weight_update .. end_weight_update)
-        # sessions arrived with SGLang PR #28001 (0.5.14 builds); older servers answer 404 and need none
-        self.has_sessions = not legacy and parse_version(self.version) >= (0, 5, 14)
+        # sessions (SGLang PR #28001) are in the 0.5.21 and 0.5.23 wheels, absent from 0.5.14, 0.5.15, 0.5.19
+        # and 0.5.20 (shared/FACTS.md); older servers answer 404 and need none
+        self.has_sessions = not legacy and parse_version(self.version) >= (0, 5, 21)
+        # from 0.5.22 a schema check answers an unknown /generate field with 400; before, a plain 500
+        self.checks_fields = not legacy and parse_version(self.version) >= (0, 5, 22)
         self.engine_factory = engine_factory
         self.engine, self.eos_id, self.context_len = engine_factory(model_path)
         self.weight_version = "default"
@@ -167,7 +170,10 @@ class Standin(StandinWeights):
                 self.num_failed += 1
                 return self._fail.pop(0), {"error": {"message": "injected failure"}}
             known = SAMPLING_KEYS - ({"sampling_seed"} if self.legacy else set())  # sampling_seed: 0.5.3 on
-            if set(body.get("sampling_params") or {}) - known:  # SamplingParams(**sampling_params) raises TypeError: FastAPI's plain 500
+            unknown = set(body.get("sampling_params") or {}) - known
+            if unknown and self.checks_fields:
+                return 400, {"error": {"message": f"unknown field: {sorted(unknown)[0]}"}}
+            if unknown:  # SamplingParams(**sampling_params) raises TypeError: FastAPI's plain 500
                 return 500, "Internal Server Error"
             error = self._check_generate(body)
             if error:
@@ -189,8 +195,8 @@ class Standin(StandinWeights):
             return self._join_group(body)
         if path == "/update_weights_from_distributed":
             if not self.is_session_open and self.has_sessions:  # weight_updater.py asserts an open session
-                return 400, {"success": False, "message": "update_weights_from_distributed requires an open "
-                                                          "begin_weight_update session"}
+                return 400, {"success": False, "message": "update_weights_from_distributed must run between "
+                                                          "begin_weight_update() and end_weight_update()"}
             return self._receive(body)
         return 404, {"detail": "Not Found"}
 

@@ -47,7 +47,8 @@ def test_distributed_update_is_refused_outside_a_session_without_joining(ckpt):
         body = {"names": ["lm_head.weight"], "dtypes": ["float32"], "shapes": [[2, 2]], "group_name": "g"}
         r = requests.post(s.url + "/update_weights_from_distributed", json=body, timeout=10)
         assert r.status_code == 400 and r.json() == {
-            "success": False, "message": "update_weights_from_distributed requires an open begin_weight_update session"}
+            "success": False, "message": "update_weights_from_distributed must run between begin_weight_update() and "
+                                         "end_weight_update()"}
         post = lambda path: requests.post(s.url + path, json={}, timeout=10)  # noqa: E731
         assert post("/end_weight_update").json()["success"] is False  # no session to end
         assert post("/begin_weight_update").json()["success"] is True
@@ -108,6 +109,46 @@ def test_a_server_from_before_sessions_is_updated_without_one(ckpt, tmp_path):
         engine.close()
 
 
+@pytest.mark.parametrize("version,sessions,unknown_field", [("0.4.9.post6", False, 500), ("0.5.15", False, 500),
+                                                           ("0.5.20", False, 500), ("0.5.23", True, 400)])
+def test_the_standin_follows_the_released_wheels_by_version(ckpt, tmp_path, version, sessions, unknown_field):
+    # review against the wheels (issue 24 item 3): sessions are in 0.5.21 and 0.5.23 only (absent from 0.5.14,
+    # 0.5.15, 0.5.19, 0.5.20); from 0.5.22 an unknown /generate field is a 400 (a schema check), before a 500
+    legacy = version.startswith("0.4")
+    with Standin(str(ckpt), version=version, legacy=legacy) as s:
+        assert s.has_sessions is sessions
+        r = requests.post(s.url + "/generate", json={"input_ids": [2, 5], "sampling_params": {"bogus": 1}}, timeout=10)
+        assert r.status_code == unknown_field
+        if legacy:  # the client refuses 0.4.x at start (tested above)
+            return
+        engine = SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], weights_dir=str(tmp_path), **FAST)
+        engine.update_weights_from_disk(ckpt, version=2)
+        weight_calls = [p for p, _ in s.calls if "weight" in p]
+        assert weight_calls == (["/begin_weight_update", "/update_weights_from_disk", "/end_weight_update"] if sessions
+                                else ["/begin_weight_update", "/update_weights_from_disk"])
+        assert s.weight_version == "2" and not s.is_session_open
+        engine.close()
+
+
+def test_a_session_left_open_by_a_dead_trainer_is_recovered(ckpt, tmp_path, caplog):
+    # review (issue 24 item 4): a trainer that died between begin and end left the session open; every later
+    # begin answered 400 "already open" and nothing could sync without restarting the server
+    import logging
+
+    with Standin(str(ckpt)) as s:
+        assert requests.post(s.url + "/begin_weight_update", json={}, timeout=10).json()["success"]  # the dead one
+        engine = SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], weights_dir=str(tmp_path), **FAST)
+        with caplog.at_level(logging.WARNING, logger="apr.engine.sglang.weights"):
+            engine.update_weights_from_disk(ckpt, version=4)
+            engine.update_weights_from_disk(ckpt, version=5)
+        assert s.weight_version == "5" and not s.is_session_open
+        weight_calls = [p for p, _ in s.calls if "weight" in p]
+        assert weight_calls[:5] == ["/begin_weight_update", "/begin_weight_update", "/end_weight_update",
+                                    "/begin_weight_update", "/update_weights_from_disk"]
+        assert sum("left open" in r.message for r in caplog.records) == 1  # logged once
+        engine.close()
+
+
 # ---- 2. seeds ------------------------------------------------------------------------------------
 def test_seeds_are_ignored_unless_the_server_is_deterministic(ckpt):
     with Standin(str(ckpt)) as s:
@@ -141,7 +182,7 @@ def test_server_version_is_read_and_old_servers_are_refused_naming_the_version(c
     with Standin(str(ckpt)) as s:
         assert requests.get(s.url + "/server_info", timeout=10).json()["version"] == "0.5.23"
         assert _engine(s.url).server_info[s.url]["version"] == "0.5.23"
-        assert _generate(s, {"temperature": 0.0, "best_of": 2}).status_code == 500  # unknown key: TypeError
+        assert _generate(s, {"temperature": 0.0, "best_of": 2}).status_code == 400  # unknown key: 0.5.22 schema check
     with Standin(str(ckpt), legacy=True) as s:  # 0.4.9.post6: /get_server_info only, no sampling_seed
         assert requests.get(s.url + "/server_info", timeout=10).status_code == 404
         assert _generate(s, {"temperature": 0.0, "sampling_seed": 1}).status_code == 500

@@ -45,6 +45,7 @@ class WeightUpdater:
         self.group = None  # made on the first broadcast
         self.group_name = f"apr_weights_{tag}"
         self.weights_root = Path(cfg.weights_dir or tempfile.gettempdir()) / f"apr-sglang-weights-{tag}"
+        self._recovered: set[str] = set()  # servers whose leftover session was ended (logged once)
 
     # ---- sessions ----------------------------------------------------------------------------
     @contextmanager
@@ -53,7 +54,7 @@ class WeightUpdater:
         opened = []
         try:
             for url in urls or self.cfg.urls:
-                body = self.client.call("POST", url, "/begin_weight_update", {}, ok_404=True)
+                body = self._begin(url)
                 if body is not None:  # None: 404, a server from before sessions
                     opened.append(url)
                     check_success(url, "/begin_weight_update", body)
@@ -62,6 +63,21 @@ class WeightUpdater:
             self._end(opened, is_failing=True)  # the update's own error is the one to see
             raise
         self._end(opened)
+
+    def _begin(self, url: str) -> dict | None:
+        """POST /begin_weight_update; a session left open (by a trainer that died inside one: the server
+        allows one at a time) is ended and begun again, logged once per server."""
+        try:
+            return self.client.call("POST", url, "/begin_weight_update", {}, ok_404=True)
+        except SGLangError as e:
+            if ": HTTP 400" not in str(e) or "already open" not in str(e):
+                raise
+        if url not in self._recovered:
+            log.warning("%s had a weight-update session left open (a trainer that stopped inside one?): ending it "
+                        "and beginning a new one", url)
+            self._recovered.add(url)
+        check_success(url, "/end_weight_update", self.client.call("POST", url, "/end_weight_update", {}))
+        return self.client.call("POST", url, "/begin_weight_update", {}, ok_404=True)
 
     def _end(self, urls: list[str], is_failing: bool = False) -> None:
         errors, refused = [], []

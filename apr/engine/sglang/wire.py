@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from apr.engine.base import Completion, FinishReason, SamplingParams
 from apr.engine.sglang.config import SGLangError
 
-# every key `payload` puts in sampling_params; SGLang rejects unknown keys (HTTP 500: its
-# SamplingParams(**sampling_params) raises TypeError), so a new key must exist in all supported versions
+# every key `payload` puts in sampling_params; SGLang rejects unknown keys (HTTP 400 "unknown field" from 0.5.22,
+# a plain 500 before: its SamplingParams(**sampling_params) raises TypeError), so a new key must exist in all
+# supported versions
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop_token_ids", "skip_special_tokens",
                  "no_stop_trim", "sampling_seed")
 
