@@ -262,6 +262,14 @@ def test_distributed_sync_refuses_data_parallel_servers_and_wrong_tp(ckpt):
     with Standin(str(ckpt), tp_size=2) as s:
         with pytest.raises(ConfigError, match="engine.ranks_per_server: got 1, but .* runs on 2 GPU"):
             _engine(s.url, weight_sync="distributed", weight_sync_backend="gloo")
+    # review (issue 24 item 7): SGLang's rank in the group is rank_offset + tp_rank, no pipeline term; the
+    # client counted tp x pp, so with pp > 1 stages collided and the group setup hung
+    with Standin(str(ckpt), tp_size=2) as s:
+        s.server_args["pp_size"] = 2
+        with pytest.raises(ConfigError, match="engine.weight_sync: distributed needs servers with --pp-size 1, .* "
+                                              "--pp-size 2: its pipeline stages would join .* same ranks"):
+            _engine(s.url, weight_sync="distributed", weight_sync_backend="gloo", ranks_per_server=4)
+        _engine(s.url, weight_sync="disk")  # disk updates are fine
 
 
 def test_the_nccl_path_sets_the_trainer_side_environment(ckpt, monkeypatch):

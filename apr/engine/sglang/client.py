@@ -113,7 +113,13 @@ def _check_distributed(url: str, version: str, info: dict, cfg: SGLangEngineConf
         raise ConfigError(f"engine.weight_sync: distributed needs servers with --dp-size 1, but {url} (SGLang "
                           f"{version}) runs --dp-size {dp_size}; start one server per data-parallel replica (each its "
                           "own URL in engine.urls), or use engine.weight_sync=disk")
-    ranks = int(info.get("tp_size") or 1) * int(info.get("pp_size") or 1)
+    pp_size = int(info.get("pp_size") or 1)
+    if pp_size > 1:  # SGLang joins rank_offset + tp_rank (no pipeline term): pipeline stages would share ranks
+        raise ConfigError(f"engine.weight_sync: distributed needs servers with --pp-size 1, but {url} (SGLang "
+                          f"{version}) runs --pp-size {pp_size}: its pipeline stages would join the weight-sync "
+                          "group with the same ranks and the setup would hang; use engine.weight_sync=disk, or "
+                          "serve without pipeline parallelism")
+    ranks = int(info.get("tp_size") or 1)
     if ranks != cfg.ranks_per_server:
         raise ConfigError(f"engine.ranks_per_server: got {cfg.ranks_per_server}, but {url} runs on {ranks} GPU(s) "
-                          f"(--tp-size x --pp-size); set engine.ranks_per_server={ranks}")
+                          f"(--tp-size); set engine.ranks_per_server={ranks}")
