@@ -50,6 +50,10 @@ SAMPLING_KEYS = {"max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temp
                  "spaces_between_special_tokens", "no_stop_trim", "custom_params", "stream_interval", "logit_bias",
                  "sampling_seed"}
 LEGACY_VERSION = "0.4.9.post6"
+# routes SGLang marks ADMIN_OPTIONAL (the stand-in serves these of them)
+ADMIN_ROUTES = ("/update_weights_from_disk", "/update_weights_from_distributed", "/init_weights_update_group",
+                "/destroy_weights_update_group", "/begin_weight_update", "/end_weight_update", "/abort_request",
+                "/flush_cache")
 
 
 def load_local_engine(model_path: str):
@@ -82,12 +86,13 @@ class Standin(StandinWeights):
 
     def __init__(self, model_path: str, host: str = "127.0.0.1", port: int = 0, engine_factory=load_local_engine,
                  step_sleep_s: float = 0.0, max_kept: int = 64, deterministic: bool = False, version: str = "0.5.23",
-                 api_key: str | None = None, legacy: bool = False, return_original_logprob: bool | None = None,
+                 api_key: str | None = None, admin_api_key: str | None = None, legacy: bool = False, return_original_logprob: bool | None = None,
                  dp_size: int = 1, tp_size: int = 1, attention_backend: str | None = None) -> None:
         self.model_path = model_path
         self.legacy = legacy
         self.version = LEGACY_VERSION if legacy else version
         self.api_key = api_key
+        self.admin_api_key = admin_api_key
         if return_original_logprob is None:  # SGLang reads it from its environment
             return_original_logprob = any(os.environ.get(k, "").lower() in ("1", "true")
                                           for k in ("SGLANG_RETURN_ORIGINAL_LOGPROB", "RETURN_ORIGINAL_LOGPROB"))
@@ -155,9 +160,13 @@ class Standin(StandinWeights):
 
     # ---- called from HTTP handler threads ---------------------------------------------------
     def is_authorized(self, path: str, headers) -> bool:
-        """SGLang's add_api_key_middleware: /health* and /metrics are open, the rest need the Bearer key."""
-        return (self.api_key is None or path.startswith(("/health", "/metrics"))
-                or headers.get("Authorization") == f"Bearer {self.api_key}")
+        """SGLang's add_api_key_middleware (0.5.23 `decide_request_auth`): /health* and /metrics are open;
+        admin routes (weight updates, /abort_request, ...) need the admin key when the server has one, else
+        the api key; the other routes need the api key when it has one (the admin key alone leaves them open)."""
+        if path.startswith(("/health", "/metrics")):
+            return True
+        key = self.admin_api_key if path in ADMIN_ROUTES and self.admin_api_key is not None else self.api_key
+        return key is None or headers.get("Authorization") == f"Bearer {key}"
 
     def info(self) -> dict:
         """GET /server_info: the server args, the scheduler's info and the version."""
@@ -413,6 +422,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument("--enable-deterministic-inference", action="store_true")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--admin-api-key", default=None)
     parser.add_argument("--attention-backend", default=None)
     parser.add_argument("--dp-size", type=int, default=1)
     args, _ = parser.parse_known_args()  # SGLang's other options (--skip-tokenizer-init, ...) are ignored
@@ -420,7 +430,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     server = Standin(args.model_path, args.host, args.port, deterministic=args.enable_deterministic_inference,
-                     api_key=args.api_key, attention_backend=args.attention_backend, dp_size=args.dp_size).start()
+                     api_key=args.api_key, admin_api_key=args.admin_api_key, attention_backend=args.attention_backend, dp_size=args.dp_size).start()
     print(f"stand-in SGLang server on {server.url}", flush=True)
     try:
         server._threads[0].join()

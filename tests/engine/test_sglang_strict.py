@@ -12,7 +12,7 @@ import torch
 
 from apr.config import ConfigError
 from apr.engine import Request, SamplingParams
-from apr.engine.sglang import SGLangEngine, SGLangError
+from apr.engine.sglang import SGLangEngine, SGLangEngineConfig, SGLangError
 from apr.engine.sglang.probe import _local_logprobs
 from tests.engine.sglang_standin import Standin
 from tests.engine.test_sglang import (
@@ -252,6 +252,35 @@ def test_api_key_is_sent_as_a_bearer_token(ckpt):
         engine.submit(Request("a", PROMPTS[1], GREEDY))
         (c,) = engine.run_until_done()
         assert c.output_ids == _reference(ckpt, [PROMPTS[1]], GREEDY)[0]
+
+
+def test_admin_routes_get_the_admin_key_and_a_401_names_the_right_field(ckpt, tmp_path):
+    # review against the wheels (issue 24 item 6): with --admin-api-key the weight-update and /abort_request
+    # routes refuse the plain key, and the client's 401 message pointed at engine.api_key
+    with Standin(str(ckpt), api_key="s3cret", admin_api_key="adm1n") as s:
+        engine = SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], weights_dir=str(tmp_path), api_key="s3cret",
+                                              **FAST)
+        with pytest.raises(ConfigError, match="^engine.admin_api_key: .*/begin_weight_update answered 401 .* "
+                                              "--admin-api-key: set engine.admin_api_key"):
+            engine.update_weights_from_disk(ckpt, version=1)
+        engine.close()
+        engine = SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], weights_dir=str(tmp_path), api_key="s3cret",
+                                              admin_api_key="adm1n", **FAST)
+        engine.update_weights_from_disk(ckpt, version=2)  # admin routes: the admin key
+        assert s.weight_version == "2"
+        engine.submit(Request("a", PROMPTS[1], GREEDY))  # normal routes: still the api key
+        (c,) = engine.run_until_done()
+        assert c.output_ids == _reference(ckpt, [PROMPTS[1]], GREEDY)[0]
+        engine.close()
+    with Standin(str(ckpt), admin_api_key="adm1n") as s:  # admin key only: normal routes are open
+        engine = _engine(s.url, admin_api_key="adm1n")
+        engine.submit(Request("b", PROMPTS[0], GREEDY))
+        assert engine.run_until_done()[0].output_ids == _reference(ckpt, [PROMPTS[0]], GREEDY)[0]
+        engine.close()
+    from apr.engine.sglang.launch import server_args
+
+    args = server_args(SGLangEngineConfig(urls=["http://h:1"], api_key="k", admin_api_key="a"))
+    assert args[args.index("--admin-api-key") + 1] == "a"
 
 
 def test_distributed_sync_refuses_data_parallel_servers_and_wrong_tp(ckpt):

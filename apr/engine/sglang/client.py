@@ -15,6 +15,12 @@ import threading
 from apr.config import ConfigError
 from apr.engine.sglang.config import MIN_VERSION, SGLangEngineConfig, SGLangError
 
+# routes SGLang guards with --admin-api-key when the server has one (AuthLevel.ADMIN_OPTIONAL), else --api-key
+ADMIN_ROUTES = frozenset({"/update_weights_from_disk", "/update_weights_from_distributed", "/update_weights_from_tensor",
+                          "/init_weights_update_group", "/destroy_weights_update_group", "/begin_weight_update",
+                          "/end_weight_update", "/abort_request", "/flush_cache", "/pause_generation",
+                          "/continue_generation"})
+
 
 class HttpClient:
     """POSTs / GETs with exponential backoff on connection errors and 5xx; one session per thread."""
@@ -45,9 +51,11 @@ class HttpClient:
                 return None
             if stop is not None and stop.is_set():
                 return None
+            is_admin = path in ADMIN_ROUTES and self.cfg.admin_api_key is not None
+            headers = {"Authorization": f"Bearer {self.cfg.admin_api_key}"} if is_admin else None
             try:
                 r = self._session().request(method, url + path, json=body() if callable(body) else body,
-                                           timeout=timeout_s or self.cfg.timeout_s)
+                                           timeout=timeout_s or self.cfg.timeout_s, headers=headers)
             except requests.ConnectionError as e:  # refused, reset, or the server died mid-request
                 last = f"connection failed: {type(e).__name__}"
                 continue
@@ -57,6 +65,12 @@ class HttpClient:
             if r.status_code >= 500:
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
                 continue
+            if r.status_code == 401 and path in ADMIN_ROUTES:  # --admin-api-key guards these when set
+                raise ConfigError(f"engine.admin_api_key: {url}{path} answered 401 Unauthorized (an admin route); "
+                                  "the server runs with --admin-api-key: set engine.admin_api_key to that key"
+                                  + ("" if self.cfg.admin_api_key is None else " (the one given was refused)")
+                                  + ("" if self.cfg.admin_api_key is not None else
+                                     ", or engine.api_key if it has no admin key"))
             if r.status_code == 401:
                 raise ConfigError(f"engine.api_key: {url}{path} answered 401 Unauthorized; the server runs with "
                                   "--api-key: set engine.api_key to that key"

@@ -37,6 +37,9 @@ class SGLangEngineConfig:
     # sent as `Authorization: Bearer <api_key>` (servers started with --api-key answer 401 without it);
     # launched servers get --api-key
     api_key: str | None = None
+    # servers started with --admin-api-key need it on their admin routes (weight updates, /abort_request,
+    # /flush_cache); None: those routes get api_key. Launched servers get --admin-api-key
+    admin_api_key: str | None = None
     # seeds honoured: SGLang applies `sampling_seed` only on servers started with
     # --enable-deterministic-inference (launched servers get it; other servers must report it)
     deterministic: bool = False
@@ -86,10 +89,10 @@ class SGLangEngineConfig:
                   value, "a list of strings")
         for name in ("launch", "deterministic"):
             check(isinstance(getattr(self, name), bool), f"engine.{name}", getattr(self, name), "true or false")
-        for name in ("api_key", "attention_backend"):
+        for name in ("api_key", "admin_api_key", "attention_backend"):
             value = getattr(self, name)
             check(value is None or (isinstance(value, str) and value.strip() == value and value != ""),
-                  f"engine.{name}", "***" if name == "api_key" else value, "null or a non-empty string")
+                  f"engine.{name}", "***" if name.endswith("api_key") else value, "null or a non-empty string")
         check(self.server_logprobs in SERVER_LOGPROBS, "engine.server_logprobs", self.server_logprobs,
               " | ".join(SERVER_LOGPROBS))
         check(self.weight_sync in ("disk", "distributed"), "engine.weight_sync", self.weight_sync,

@@ -34,6 +34,8 @@ def server_args(cfg: SGLangEngineConfig) -> list[str]:
         args += ["--attention-backend", cfg.attention_backend]
     if cfg.api_key is not None:
         args += ["--api-key", cfg.api_key]
+    if cfg.admin_api_key is not None:
+        args += ["--admin-api-key", cfg.admin_api_key]
     return args + list(cfg.launch_args)
 
 
