@@ -115,6 +115,7 @@ class Standin(StandinWeights):
         self.num_failed = 0  # /generate calls failed on purpose (`fail_next`)
         self.calls: list[tuple[str, dict]] = []  # every POST body, by path
         self._fail: list[int] = []  # statuses of the next /generate calls to fail
+        self._fail_paths: dict[str, list[int]] = {}  # the same for other routes
         self._inbox: queue.Queue[_Job] = queue.Queue()
         self._deferred: list[_Job] = []  # generate calls held while a reload waits for the engine to drain
         self._running: dict[str, _Job] = {}  # engine id -> job
@@ -148,9 +149,12 @@ class Standin(StandinWeights):
             job.answer = None
             job.done.set()
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        """Answer the next `count` /generate calls with HTTP `status` (fault injection)."""
-        self._fail += [status] * count
+    def fail_next(self, count: int, status: int = 503, path: str = "/generate") -> None:
+        """Answer the next `count` calls of `path` with HTTP `status` (fault injection)."""
+        if path == "/generate":
+            self._fail += [status] * count
+        else:
+            self._fail_paths.setdefault(path, []).extend([status] * count)
 
     def __enter__(self) -> Standin:
         return self.start()
@@ -174,6 +178,8 @@ class Standin(StandinWeights):
 
     def handle(self, path: str, body: dict) -> tuple[int, dict | str | None]:
         self.calls.append((path, body))
+        if self._fail_paths.get(path):
+            return self._fail_paths[path].pop(0), {"success": False, "message": "injected failure: AssertionError"}
         if path == "/generate":
             if self._fail:
                 self.num_failed += 1

@@ -13,6 +13,7 @@ import torch
 from apr.config import ConfigError
 from apr.engine import Request, SamplingParams
 from apr.engine.sglang import SGLangEngine, SGLangEngineConfig, SGLangError
+from apr.engine.sglang.client import HttpClient
 from apr.engine.sglang.probe import _local_logprobs
 from tests.engine.sglang_standin import Standin
 from tests.engine.test_sglang import (
@@ -299,6 +300,23 @@ def test_distributed_sync_refuses_data_parallel_servers_and_wrong_tp(ckpt):
                                               "--pp-size 2: its pipeline stages would join .* same ranks"):
             _engine(s.url, weight_sync="distributed", weight_sync_backend="gloo", ranks_per_server=4)
         _engine(s.url, weight_sync="disk")  # disk updates are fine
+
+
+def test_calls_made_during_a_broadcast_are_never_retried(ckpt):
+    # review (issue 24 item 5): a 5xx to /update_weights_from_distributed was retried while the main thread sat
+    # in the broadcast; a server-side assertion then hung the client until the group timeout (600 s)
+    from apr.engine.sglang.weights import WeightUpdater
+
+    with Standin(str(ckpt)) as s:
+        cfg = SGLangEngineConfig(urls=[s.url], **{**FAST, "max_retries": 5})
+        updater = WeightUpdater(cfg, HttpClient(cfg), "t")
+        for path in ("/update_weights_from_distributed", "/init_weights_update_group"):
+            s.fail_next(2, 500, path=path)
+            future = (updater.announce(["w"], ["float32"], [[2]], 1, "g") if path.endswith("distributed")
+                      else updater.init_group("127.0.0.1", 1, 2, "g", "gloo", 1))
+            with pytest.raises(SGLangError, match=f"{path}: HTTP 500: .*injected failure: AssertionError"):
+                future.result(timeout=30)
+            assert [p for p, _ in s.calls].count(path) == 1  # one attempt, its error at once
 
 
 def test_the_nccl_path_sets_the_trainer_side_environment(ckpt, monkeypatch):

@@ -39,14 +39,16 @@ class HttpClient:
         return self._local.session
 
     def call(self, method: str, url: str, path: str, body=None, timeout_s: float | None = None,
-             stop: threading.Event | None = None, ok_404: bool = False) -> dict | None:
+             stop: threading.Event | None = None, ok_404: bool = False, retries: int | None = None) -> dict | None:
         """The JSON answer ({} if empty); None if `stop` was set before an attempt went out, or on a 404
         when `ok_404` (an endpoint the server's version does not have). `body`: a dict, or a function
-        making each attempt's body."""
+        making each attempt's body. `retries`: after connection errors and 5xx (None: engine.max_retries;
+        0: the first failure is raised with the server's message)."""
         import requests
 
         last = ""
-        for attempt in range(self.cfg.max_retries + 1):
+        retries = self.cfg.max_retries if retries is None else retries
+        for attempt in range(retries + 1):
             if attempt and (stop or threading.Event()).wait(self.cfg.backoff_s * 2 ** (attempt - 1)):
                 return None
             if stop is not None and stop.is_set():
@@ -64,6 +66,8 @@ class HttpClient:
                                   "(engine.timeout_s)") from None
             if r.status_code >= 500:
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
+                if not retries:
+                    raise SGLangError(f"{url}{path}: {last} (not retried: this process is inside a collective)")
                 continue
             if r.status_code == 401 and path in ADMIN_ROUTES:  # --admin-api-key guards these when set
                 raise ConfigError(f"engine.admin_api_key: {url}{path} answered 401 Unauthorized (an admin route); "
@@ -80,7 +84,7 @@ class HttpClient:
             if r.status_code >= 400:
                 raise SGLangError(f"{url}{path}: HTTP {r.status_code}: {r.text[:500]}")
             return r.json() if r.content and r.headers.get("content-type", "").startswith("application/json") else {}
-        raise SGLangError(f"{url}{path}: no answer after {self.cfg.max_retries + 1} attempts (last: {last}); is a "
+        raise SGLangError(f"{url}{path}: no answer after {retries + 1} attempts (last: {last}); is a "
                           "healthy SGLang server running there? (engine.urls, engine.max_retries)")
 
 

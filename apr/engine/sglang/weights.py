@@ -152,14 +152,15 @@ class WeightUpdater:
         bodies = {url: {"master_address": address, "master_port": port, "world_size": world_size,
                         "rank_offset": 1 + i * ranks_per_server, "group_name": group_name, "backend": backend}
                   for i, url in enumerate(self.cfg.urls)}
-        return post_all_async(self.client, "/init_weights_update_group", bodies)
+        return post_all_async(self.client, "/init_weights_update_group", bodies, retries=0)
 
     def announce(self, names: list[str], dtypes: list[str], shapes: list[list[int]], version: int,
                  group_name: str) -> Future:
         """POST /update_weights_from_distributed to every server (in a session); they receive the broadcast."""
         body = {"names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name, "flush_cache": True,
                 "weight_version": str(version)}
-        return post_all_async(self.client, "/update_weights_from_distributed", dict.fromkeys(self.cfg.urls, body))
+        return post_all_async(self.client, "/update_weights_from_distributed", dict.fromkeys(self.cfg.urls, body),
+                              retries=0)
 
     def broadcast(self, buckets: list[dict], version: int) -> None:
         """Per bucket: announce names, dtypes and shapes, broadcast each tensor from rank 0, wait for the servers."""
@@ -225,14 +226,17 @@ def check_success(url: str, path: str, body: dict | None) -> None:
         raise SGLangError(f"{url}{path}: {body.get('message', 'failed')}")
 
 
-def post_all_async(client: HttpClient, path: str, bodies: dict[str, dict]) -> Future:
-    """POST to every server concurrently in the background; the future holds their answers by URL."""
+def post_all_async(client: HttpClient, path: str, bodies: dict[str, dict], retries: int | None = None) -> Future:
+    """POST to every server concurrently in the background; the future holds their answers by URL. Calls made
+    while this process sits in a collective (group setup, a broadcast) pass `retries=0`: a retry of a call the
+    server failed would leave the collective waiting until its timeout, so the first error surfaces at once."""
     future: Future = Future()
 
     def run() -> None:
         try:
             with ThreadPoolExecutor(len(bodies)) as pool:
-                calls = {url: pool.submit(client.call, "POST", url, path, body) for url, body in bodies.items()}
+                calls = {url: pool.submit(client.call, "POST", url, path, body, retries=retries)
+                         for url, body in bodies.items()}
                 out = {url: f.result() for url, f in calls.items()}
             for url, body in out.items():
                 check_success(url, path, body)
