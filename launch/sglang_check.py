@@ -106,7 +106,10 @@ class Check:
 
         a = self.args
         command = [sys.executable, str(STANDIN)] if a.toy else None
-        flags = ["--enable-deterministic-inference"] + ([] if a.toy else ["--attention-backend", a.attention_backend])
+        # float32 on both sides: the greedy trees are compared token for token (SGLang's own default, auto, serves
+        # an fp32 checkpoint in float16; bf16 against bf16 rarely matches bit for bit over 1,024 tokens either)
+        flags = (["--enable-deterministic-inference", "--dtype", "float32"]
+                 + ([] if a.toy else ["--attention-backend", a.attention_backend]))
         env = {"CUDA_VISIBLE_DEVICES": str(self.num_gpus - 1)} if self.num_gpus > 1 else {}
         self.server = launch_server(a.model, self.port, flags, command=command, env=env, timeout_s=a.launch_timeout_s)
 
@@ -117,7 +120,7 @@ class Check:
         return 0 if self.args.toy else torch.cuda.device_count()
 
     def engine_options(self, **over) -> dict:
-        return {"urls": [self.url], "deterministic": True, "max_retries": 8, "backoff_s": 1.0,
+        return {"urls": [self.url], "deterministic": True, "max_retries": 8, "backoff_s": 1.0, "dtype": "float32",
                 "weights_dir": str(self.tmp / "weights"), **over}
 
     def problems(self) -> list:
@@ -156,7 +159,8 @@ class Check:
         from apr.api import Reasoner
 
         device = "cpu" if self.args.toy else "cuda"
-        local = Reasoner.from_pretrained(self.args.model, engine="local", device=device, max_batch_size=64)
+        local = Reasoner.from_pretrained(self.args.model, engine="local", device=device, max_batch_size=64,
+                                         dtype="float32")
         remote = Reasoner(self.engine, local.tokenizer)
         problems = [(p.numbers, p.target) for p in self.problems()]
         limits = {"max_thread_tokens": self.args.max_thread_tokens}

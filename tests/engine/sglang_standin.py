@@ -3,7 +3,7 @@
 SGLang cannot run on these CPU machines; this server speaks the part of its contract that
 `apr.engine.sglang` uses, as strictly as SGLang 0.5.23 (docs/sglang.md lists every endpoint and
 field with the SGLang source file that defines it): `/generate` (one request, `input_ids` only;
-unknown `sampling_params` keys answer HTTP 500 as SGLang's `SamplingParams(**...)` TypeError does),
+unknown `sampling_params` keys answer HTTP 400 from 0.5.22 and 500 before, as the wheels do),
 `/health`, `/server_info` and `/get_server_info` (server args + `version`), `/get_model_info`,
 `/flush_cache`, `/abort_request`, `/update_weights_from_disk`, `/begin_weight_update`,
 `/end_weight_update`, `/init_weights_update_group`, `/update_weights_from_distributed` (refused
@@ -13,6 +13,9 @@ gets 42); log-probs are `log_softmax(logits / T)` unless SGLANG_RETURN_ORIGINAL_
 RETURN_ORIGINAL_LOGPROB) is set in its environment; with an API key every route but /health
 answers 401 without `Authorization: Bearer <key>`. `legacy=True` mimics SGLang 0.4.9.post6: no
 /server_info, no sessions, no `sampling_seed`. GET `/_standin/calls` (not SGLang's) lists the POSTs.
+Sessions exist from 0.5.21 (`version=`). Constructed in a test it reports the server args apr's launcher
+gives (`dtype` bfloat16); run as a script its `--dtype` defaults to SGLang's `auto`. Whatever it reports,
+it decodes in fp32 (the CPU engine): outputs are compared with the local fp32 engine.
 
 One engine-loop thread owns the engine: concurrent HTTP requests are batched into the same
 forward passes. A radix cache is imitated by resuming the engine's kept sequence whose ids are
@@ -87,7 +90,8 @@ class Standin(StandinWeights):
     def __init__(self, model_path: str, host: str = "127.0.0.1", port: int = 0, engine_factory=load_local_engine,
                  step_sleep_s: float = 0.0, max_kept: int = 64, deterministic: bool = False, version: str = "0.5.23",
                  api_key: str | None = None, admin_api_key: str | None = None, legacy: bool = False, return_original_logprob: bool | None = None,
-                 dp_size: int = 1, tp_size: int = 1, attention_backend: str | None = None) -> None:
+                 dp_size: int = 1, tp_size: int = 1, attention_backend: str | None = None,
+                 dtype: str = "bfloat16") -> None:
         self.model_path = model_path
         self.legacy = legacy
         self.version = LEGACY_VERSION if legacy else version
@@ -98,7 +102,7 @@ class Standin(StandinWeights):
                                           for k in ("SGLANG_RETURN_ORIGINAL_LOGPROB", "RETURN_ORIGINAL_LOGPROB"))
         self.return_original_logprob = return_original_logprob
         self.server_args = {"model_path": model_path, "skip_tokenizer_init": True, "dp_size": dp_size,
-                            "tp_size": tp_size, "pp_size": 1, "enable_dp_attention": False,
+                            "tp_size": tp_size, "pp_size": 1, "dtype": dtype, "enable_dp_attention": False,
                             "enable_deterministic_inference": deterministic, "attention_backend": attention_backend}
         self.is_session_open = False  # a weight-update session (begin_weight_update .. end_weight_update)
         # sessions (SGLang PR #28001) are in the 0.5.21 and 0.5.23 wheels, absent from 0.5.14, 0.5.15, 0.5.19
@@ -431,12 +435,14 @@ def main() -> None:
     parser.add_argument("--admin-api-key", default=None)
     parser.add_argument("--attention-backend", default=None)
     parser.add_argument("--dp-size", type=int, default=1)
+    parser.add_argument("--dtype", default="auto")  # SGLang's default
     args, _ = parser.parse_known_args()  # SGLang's other options (--skip-tokenizer-init, ...) are ignored
     import torch
 
     torch.set_num_threads(1)
     server = Standin(args.model_path, args.host, args.port, deterministic=args.enable_deterministic_inference,
-                     api_key=args.api_key, admin_api_key=args.admin_api_key, attention_backend=args.attention_backend, dp_size=args.dp_size).start()
+                     api_key=args.api_key, admin_api_key=args.admin_api_key, attention_backend=args.attention_backend, dp_size=args.dp_size,
+                     dtype=args.dtype).start()
     print(f"stand-in SGLang server on {server.url}", flush=True)
     try:
         server._threads[0].join()

@@ -70,7 +70,9 @@ def test_output_does_not_depend_on_the_rest_of_the_batch(make_engine, params):
     busy.submit(Request("late", others[3], SamplingParams(temperature=0.5, top_p=0.5, max_new_tokens=12)))
     got = by_id(busy.run_until_done())["t"]
     assert got.output_ids == ref.output_ids
-    assert max(abs(a - b) for a, b in zip(got.logprobs, ref.logprobs)) < 1e-5
+    # fp32 GEMMs of other batch shapes round differently: 1.8e-5 on an Intel AVX512 CPU (AMD: < 1e-5); a
+    # sequence that saw another's tokens would be off by far more
+    assert max(abs(a - b) for a, b in zip(got.logprobs, ref.logprobs)) < 1e-4
 
 
 def test_seed_determinism(make_engine):
@@ -109,7 +111,8 @@ def test_sampled_tokens_do_not_depend_on_batch_composition(make_engine, params):
         runs.append(by_id(engine.run_until_done())["t"])
     for run in runs[1:]:
         assert run.output_ids == runs[0].output_ids
-        assert max(abs(a - b) for a, b in zip(run.logprobs, runs[0].logprobs)) < 1e-5
+        # fp32 GEMMs of other batch shapes round differently (1.5e-5 on an Intel AVX512 CPU)
+        assert max(abs(a - b) for a, b in zip(run.logprobs, runs[0].logprobs)) < 1e-4
 
 
 def test_token_k_is_the_inverse_cdf_at_draw_k_of_its_seed(model, make_engine):

@@ -284,6 +284,29 @@ def test_admin_routes_get_the_admin_key_and_a_401_names_the_right_field(ckpt, tm
     assert args[args.index("--admin-api-key") + 1] == "a"
 
 
+def test_the_served_dtype_is_asked_for_and_checked(ckpt):
+    # review against the wheels (issue 24 item 1): the launcher never passed --dtype, and SGLang serves an fp32
+    # checkpoint in float16, while the local CUDA engine decodes in bf16: the greedy-tree check could not pass
+    from apr.engine.sglang.launch import server_args
+
+    assert SGLangEngineConfig().dtype == "bfloat16"
+    args = server_args(SGLangEngineConfig(urls=["http://h:1"]))
+    assert args[args.index("--dtype") + 1] == "bfloat16"
+    assert "--dtype" not in server_args(SGLangEngineConfig(urls=["http://h:1"], dtype="auto"))
+    with Standin(str(ckpt), dtype="auto") as s:  # started by hand without --dtype: fp32 checkpoint -> float16
+        with pytest.raises(ConfigError, match=r"^engine.dtype: bfloat16, but .* serves in float16 \(its --dtype is "
+                                              r"'auto'\); start it with --dtype bfloat16, or set engine.dtype=float16"):
+            SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], **FAST)
+        SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], dtype="float16", **FAST).close()
+        SGLangEngine.from_pretrained(str(ckpt), urls=[s.url], dtype="auto", **FAST).close()
+    with Standin(str(ckpt), dtype="float32") as s:
+        with pytest.raises(ConfigError, match="engine.dtype: bfloat16, but .* serves in float32"):
+            _engine(s.url)
+        _engine(s.url, dtype="float32").close()
+    with pytest.raises(ConfigError, match="engine.dtype: got 'fp8'; accepted: bfloat16, float16, float32, auto"):
+        SGLangEngineConfig(dtype="fp8")
+
+
 def test_distributed_sync_refuses_data_parallel_servers_and_wrong_tp(ckpt):
     with Standin(str(ckpt), dp_size=2) as s:
         _engine(s.url, weight_sync="disk")  # fine: disk updates go through the tokenizer manager to every dp rank

@@ -9,8 +9,10 @@ refuses one that cannot honour the configuration, naming the version and the con
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+from pathlib import Path
 
 from apr.config import ConfigError
 from apr.engine.sglang.config import MIN_VERSION, SGLangEngineConfig, SGLangError
@@ -123,6 +125,34 @@ def check_servers(client: HttpClient, cfg: SGLangEngineConfig) -> dict[str, dict
         if cfg.weight_sync == "distributed":
             _check_distributed(url, version, info, cfg)
     return infos
+
+
+_DTYPE_NAMES = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def check_served_dtype(infos: dict[str, dict], wanted: str, model_path: str | None) -> None:
+    """Each server decodes in `wanted` (engine.dtype), read from its --dtype in /server_info; SGLang's `auto`
+    is the checkpoint's dtype, except that an fp32 checkpoint is served in float16. A ConfigError names the
+    field and the URL on a mismatch."""
+    if wanted == "auto":
+        return
+    checkpoint = None
+    if model_path is not None and (Path(model_path) / "config.json").is_file():
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+        checkpoint = cfg.get("dtype") or cfg.get("torch_dtype")
+    for url, info in infos.items():
+        served = info.get("dtype")
+        if served is None:  # a server that does not report it: nothing to check against
+            continue
+        served = _DTYPE_NAMES.get(str(served), str(served))
+        if served == "auto":
+            if checkpoint is None:
+                continue
+            served = "float16" if checkpoint == "float32" else _DTYPE_NAMES.get(checkpoint, checkpoint)
+        if served != wanted:
+            raise ConfigError(f"engine.dtype: {wanted}, but {url} serves in {served} (its --dtype is "
+                              f"{info.get('dtype')!r}); start it with --dtype {wanted}, or set engine.dtype={served} "
+                              "(greedy trees and log-probs of two dtypes differ)")
 
 
 def _check_distributed(url: str, version: str, info: dict, cfg: SGLangEngineConfig) -> None:

@@ -18,6 +18,8 @@ class SGLangError(RuntimeError):
     """A server did not answer (after retries) or rejected a request; the message names the URL."""
 
 
+SERVED_DTYPES = ("bfloat16", "float16", "float32", "auto")
+
 @dataclass
 class SGLangEngineConfig:
     """Where the servers are, how to reach and launch them, how weights reach them (conf/engine/sglang.yaml).
@@ -40,6 +42,10 @@ class SGLangEngineConfig:
     # servers started with --admin-api-key need it on their admin routes (weight updates, /abort_request,
     # /flush_cache); None: those routes get api_key. Launched servers get --admin-api-key
     admin_api_key: str | None = None
+    # the dtype the servers decode in: launched servers get --dtype; given servers must report it in /server_info.
+    # Default bfloat16, the local CUDA engine's default, so the two engines agree (SGLang's own default, auto,
+    # serves an fp32 checkpoint in float16). auto: whatever the servers chose, unchecked
+    dtype: str = "bfloat16"
     # seeds honoured: SGLang applies `sampling_seed` only on servers started with
     # --enable-deterministic-inference (launched servers get it; other servers must report it)
     deterministic: bool = False
@@ -93,6 +99,7 @@ class SGLangEngineConfig:
             value = getattr(self, name)
             check(value is None or (isinstance(value, str) and value.strip() == value and value != ""),
                   f"engine.{name}", "***" if name.endswith("api_key") else value, "null or a non-empty string")
+        check(self.dtype in SERVED_DTYPES, "engine.dtype", self.dtype, ", ".join(SERVED_DTYPES))
         check(self.server_logprobs in SERVER_LOGPROBS, "engine.server_logprobs", self.server_logprobs,
               " | ".join(SERVER_LOGPROBS))
         check(self.weight_sync in ("disk", "distributed"), "engine.weight_sync", self.weight_sync,

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from apr.config import ConfigError, from_dict
 from apr.engine.base import Completion, EngineStats, FinishReason, Request, validate_request
-from apr.engine.sglang.client import HttpClient, check_servers
+from apr.engine.sglang.client import HttpClient, check_served_dtype, check_servers
 from apr.engine.sglang.config import SGLangEngineConfig, SGLangError
 from apr.engine.sglang.launch import ServerHandle, launch_server, server_args
 from apr.engine.sglang.rl_methods import RLMethods
@@ -52,6 +52,7 @@ class SGLangEngine(RLMethods):
         self._client = HttpClient(cfg)
         self._check_health()
         self.server_info = check_servers(self._client, cfg)  # by URL: version, server args
+        check_served_dtype(self.server_info, cfg.dtype, model_path)
         self.honours_seeds = all(i.get("enable_deterministic_inference") for i in self.server_info.values())
         self._pool = ThreadPoolExecutor(cfg.max_inflight, thread_name_prefix="apr-sglang")
         self._done: queue.SimpleQueue = queue.SimpleQueue()  # (seq, response | None | exception) from workers

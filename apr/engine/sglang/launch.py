@@ -30,6 +30,8 @@ ORIGINAL_LOGPROB_ENV = ("SGLANG_RETURN_ORIGINAL_LOGPROB", "RETURN_ORIGINAL_LOGPR
 def server_args(cfg: SGLangEngineConfig) -> list[str]:
     """The server flags the config asks for, after nothing but `cfg.launch_args` (which the user controls)."""
     args = ["--enable-deterministic-inference"] if cfg.deterministic else []
+    if cfg.dtype != "auto":
+        args += ["--dtype", cfg.dtype]
     if cfg.attention_backend is not None:
         args += ["--attention-backend", cfg.attention_backend]
     if cfg.api_key is not None:
