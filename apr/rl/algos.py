@@ -94,9 +94,10 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_std: bo
     return adv
 
 
-@register_advantage("rloo")
+@register_advantage("rloo", scale=lambda rewards, group_ids, **_: reward_scale(rewards, group_ids, norm_std=False))
 def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torch.Tensor:
-    """Leave-one-out baseline: r_i - mean of the other samples of its group."""
+    """Leave-one-out baseline: r_i - mean of the other samples of its group. A bonus x added to r_i adds
+    exactly x to its advantage (scale 1 where the group has signal, 0 where it has none)."""
     adv = torch.zeros_like(rewards, dtype=torch.float32)  # (B,)
     for g in group_ids.unique():
         idx = group_ids == g

@@ -55,6 +55,9 @@ class AlgoConfig:
     def __post_init__(self) -> None:
         check(self.advantage in ADVANTAGES, "algo.advantage", self.advantage, ", ".join(ADVANTAGES))
         check(self.credit in CREDIT, "algo.credit", self.credit, ", ".join(CREDIT))
+        check(self.norm_std or "norm_std" in ADVANTAGES[self.advantage].params, "algo.norm_std", self.norm_std,
+              f"true with algo.advantage={self.advantage} (only grpo divides by the group's std; rloo's leave-one-out "
+              "baseline and gae's critic do not)")
         check(self.group_size >= 1, "algo.group_size", self.group_size, "a positive integer")
         check(not ADVANTAGES[self.advantage].needs_groups or self.group_size >= 2, "algo.group_size", self.group_size,
               f">= 2 for {self.advantage} (a group baseline needs two samples)")

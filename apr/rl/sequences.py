@@ -38,11 +38,18 @@ def sequences_from_trees(trees, rewards: list[float], group_ids: list[int], adva
     estimator = ADVANTAGES[advantage]
     adv_tree = estimator(r, groups, **adv_kwargs)  # (B,)
     scale = estimator.scale(r, groups, **adv_kwargs)  # (B,)
+    # a thread's bonus (its advantage minus the root's) is capped at the group's largest root advantage, so a
+    # group that barely varies (a tiny std: a huge scale) cannot let a bonus outweigh the outcome signal
+    cap = torch.zeros_like(adv_tree)  # (B,)
+    for g in groups.unique():
+        cap[groups == g] = adv_tree[groups == g].abs().max()
     rows, masks, lps, advs, weights, owners, scores = [], [], [], [], [], [], []
     for k, tree in enumerate(trees):
         threads = tree.threads()
         info = _thread_info(tree, outcomes[k] if outcomes else None)
-        per_thread = CREDIT[credit](float(adv_tree[k]), info, scale=float(scale[k]))
+        root_adv, limit = float(adv_tree[k]), float(cap[k])
+        per_thread = [root_adv + min(max(a - root_adv, -limit), limit)
+                      for a in CREDIT[credit](root_adv, info, scale=float(scale[k]))]
         scores += CREDIT[credit](float(r[k]), info, scale=1.0)
         # threads that generated nothing (a child cut before its first token) carry no weight
         num_trained = max(sum(t.num_generated > 0 for t in threads), 1)

@@ -172,3 +172,53 @@ def test_rl_learning_rate_schedule_counts_rl_steps_whatever_the_inner_steps(tmp_
             p.grad = torch.zeros_like(p)
         trainable.step()
     assert factors == [1.0, 1.0, 0.868, 0.868, 0.55, 0.55, 0.232, 0.232]
+
+
+def _trees(n: int):
+    """Trees of a root and one child (the least `sequences_from_trees` reads)."""
+    from types import SimpleNamespace as NS
+
+    def thread(parent):
+        return NS(parent=parent, all_ids=[2, 5, 6], full_mask=[0, 1, 1], prompt_ids=[2], logprobs=[-0.1, -0.2],
+                  num_generated=2)
+
+    out = []
+    for _ in range(n):
+        root = thread(None)
+        out.append(NS(threads=lambda root=root: [root, thread(root)]))
+    return out
+
+
+def test_rloo_pays_a_child_bonus_leave_one_out_and_refuses_norm_std():
+    # review against verl/TRL (issue 25 item 2): rloo had no scale of its own, so a child bonus was paid with
+    # GRPO's 1/std: rewards [1,0,0,0,0] gave a child advantage of 2.118 where leave-one-out gives 1.5
+    from apr.config import ConfigError
+    from apr.rl.config import AlgoConfig
+    from apr.rl.sequences import sequences_from_trees
+
+    batch = sequences_from_trees(_trees(5), [1.0, 0, 0, 0, 0], [0] * 5, advantage="rloo", credit="child_outcome",
+                                 outcomes=[[0, 1]] * 5)
+    advs = batch.advantages.view(5, 2)  # (tree, [root, child])
+    assert advs[0].tolist() == pytest.approx([1.0, 1.5])
+    assert advs[1].tolist() == pytest.approx([-0.25, 0.25])
+    with pytest.raises(ConfigError, match="algo.norm_std: got False; accepted: true .*grpo"):
+        AlgoConfig(advantage="rloo", norm_std=False)
+
+
+def test_a_child_bonus_never_outweighs_the_groups_outcome_signal():
+    # review (issue 25 item 3): format_bonus 0.1 and rewards [.1,.1,.1,.1,0] gave GRPO a scale of 22.4: a child
+    # bonus of +-11.2 beside root advantages of 0.447 / -1.789
+    from apr.rl.sequences import sequences_from_trees
+
+    batch = sequences_from_trees(_trees(5), [0.1, 0.1, 0.1, 0.1, 0.0], [0] * 5, credit="child_outcome",
+                                 outcomes=[[0, 1], [0, -1], [0, 1], [0, 1], [0, -1]])
+    advs = batch.advantages.view(5, 2)
+    roots = advs[:, 0]
+    biggest = float(roots.abs().max())
+    assert biggest == pytest.approx(1.789, abs=1e-3)
+    assert ((advs[:, 1] - roots).abs() <= biggest + 1e-6).all()  # capped at the group's largest root advantage
+    assert float(advs[0, 1] - roots[0]) == pytest.approx(biggest)  # +: capped, not dropped
+    # a bonus below the cap is paid as it is: rewards [1,0,0,0,0] (scale 2.236, bonus 1.118 < 1.789)
+    plain = sequences_from_trees(_trees(5), [1.0, 0, 0, 0, 0], [0] * 5, credit="child_outcome",
+                                 outcomes=[[0, 1]] * 5).advantages.view(5, 2)
+    assert float(plain[0, 1] - plain[0, 0]) == pytest.approx(0.5 * 2.236, abs=1e-3)
