@@ -86,15 +86,21 @@ def orthogonalize(grad, steps: int = 5, eps: float = 1e-7):
         >>> bool(((s > 0.6) & (s < 1.2)).all())
         True
     """
+    return orthogonalize_batch(grad[None], steps, eps)[0]
+
+
+def orthogonalize_batch(grads, steps: int = 5, eps: float = 1e-7):
+    """`orthogonalize` of each matrix of a (k, m, n) stack at once (one batched product per iteration: the
+    optimizer step of a small model is otherwise mostly Python overhead, one matrix at a time)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = grad.float()  # (m, n)
-    wide = x.size(0) <= x.size(1)
-    x = x if wide else x.T  # (rows <= cols)
-    x = x / (x.norm() + eps)
+    x = grads.float()  # (k, m, n)
+    wide = x.size(1) <= x.size(2)
+    x = x if wide else x.transpose(1, 2)  # (k, rows, cols), rows <= cols
+    x = x / (x.flatten(1).norm(dim=1)[:, None, None] + eps)
     for _ in range(steps):
-        gram = x @ x.T  # (rows, rows)
+        gram = x @ x.transpose(1, 2)  # (k, rows, rows)
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x if wide else x.T
+    return x if wide else x.transpose(1, 2)
 
 
 @functools.cache
@@ -119,21 +125,29 @@ def muon_adamw():
                 with torch.enable_grad():
                     loss = closure()
             for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        (self._muon if group["use_muon"] else self._adamw)(p, group)
+                params = [p for p in group["params"] if p.grad is not None]
+                if group["use_muon"]:
+                    self._muon(params, group)
+                else:
+                    for p in params:
+                        self._adamw(p, group)
             return loss
 
-        def _muon(self, p, group) -> None:
-            state = self.state[p]
-            if not state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - group["momentum"])
-            update = orthogonalize(p.grad.lerp(buf, group["momentum"]))  # Nesterov
-            scale = 0.2 * max(p.shape) ** 0.5
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+        def _muon(self, params, group) -> None:
+            by_shape: dict = {}  # matrices of one shape are orthogonalised together
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                by_shape.setdefault(tuple(p.shape), []).append((p, p.grad.lerp(buf, group["momentum"])))  # Nesterov
+            for shape, items in by_shape.items():
+                updates = orthogonalize_batch(torch.stack([u for _, u in items]))  # (k, m, n)
+                scale = 0.2 * max(shape) ** 0.5
+                for (p, _), update in zip(items, updates):
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
 
         def _adamw(self, p, group) -> None:
             state = self.state[p]

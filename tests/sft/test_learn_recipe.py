@@ -14,7 +14,7 @@ from apr.config import ConfigError
 from apr.model import ModelConfig, build_model
 from apr.sft import Trainer
 from apr.train.metrics import read_metrics
-from apr.train.optim import build_optimizer, orthogonalize
+from apr.train.optim import build_optimizer, orthogonalize, orthogonalize_batch
 
 from ._helpers import small_cfg
 
@@ -125,3 +125,12 @@ def test_time_to_accuracy_reads_the_first_evaluation_reaching_each_threshold():
     assert t[0.1] == t[0.2] == {"step": 10, "tokens": 200, "seconds": 2.0}
     assert t[0.3]["tokens"] == t[0.4]["tokens"] == 400 and t[0.5] is None
     assert bench.cpu_kind().split(" (")[0] in ("AMX", "AVX512-BF16", "AVX2 only", "no AVX2")
+
+
+def test_orthogonalizing_a_stack_equals_one_matrix_at_a_time():
+    g = torch.Generator().manual_seed(3)
+    for shape in ((5, 64, 32), (3, 32, 96), (1, 16, 16)):
+        stack = torch.randn(*shape, generator=g)
+        batched = orthogonalize_batch(stack)
+        for i in range(shape[0]):
+            torch.testing.assert_close(batched[i], orthogonalize(stack[i]), atol=1e-5, rtol=1e-4)
