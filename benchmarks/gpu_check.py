@@ -144,7 +144,8 @@ def sft_cmd(s: Sizes, out: Path, solver: str, device: str) -> list[str]:
     return cli("sft", f"model={s.model}", f"name=gpu_check_{solver}", f"run_dir={out / 'sft' / solver}",
                f"data.dir={out / 'data'}", f"data.solver={solver}", f"data.max_seq_len={row_len}",
                "data.max_dropped_frac=1.0", "data.solved_only=true", "model.number_init=numeric",
-               "optim.name=muon", "optim.lr=1e-3", f"optim.warmup_steps={s.warmup_steps}",
+               "optim.name=muon", "optim.lr=1e-3", "optim.embed_lr_scale=5", "optim.weight_decay=0",
+               f"optim.warmup_steps={s.warmup_steps}",
                f"train.max_minutes={s.sft_minutes}", "train.max_steps=null", f"train.batch_rows={rows}",
                "train.grad_accum_steps=1", f"train.device={device}", "eval.every_steps=0", "eval.num_problems=0",
                "checkpoint.every_steps=0", "log.progress=false", "wandb.mode=disabled", "overwrite=true")
