@@ -35,7 +35,7 @@ install: $(STAMP)
 QS := runs/quickstart
 # training tokens of each of the two SFT models (train.max_tokens): the same learning on a fast or a slow machine,
 # the wall time differs (docs/RESULTS.md: ~10k tokens/s with native bf16, less in fp32 on an AVX2-only CPU)
-QS_SFT_TOKENS ?= 2.5e6
+QS_SFT_TOKENS ?= 3e6
 # the SFT budget, shared by the APR and the SoS+ model (change it here, once); a solve-rate check every 250 steps
 QS_SFT_ARGS ?= train.max_tokens=$(QS_SFT_TOKENS) train.max_steps=null eval.every_steps=250
 QS_WINDOWS := [192,256,320,384,512]

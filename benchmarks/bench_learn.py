@@ -31,14 +31,15 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def cpu_kind() -> str:
-    """AMX, AVX512-BF16 or AVX2 only (what decides bf16's speed on a CPU), from /proc/cpuinfo."""
+    """AMX, AVX512-BF16, AVX512 without BF16, or AVX2 only (what decides bf16's speed on a CPU: native with
+    the first two, emulated and slow with the others, where `auto` trains in fp32), from /proc/cpuinfo."""
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:
         return platform.processor() or "unknown"
     words = set(flags.split())
-    kind = "AMX" if "amx_tile" in words else "AVX512-BF16" if "avx512_bf16" in words else (
-        "AVX2 only" if "avx2" in words else "no AVX2")
+    kind = ("AMX" if "amx_tile" in words else "AVX512-BF16" if "avx512_bf16" in words
+            else "AVX512, no BF16" if "avx512f" in words else "AVX2 only" if "avx2" in words else "no AVX2")
     return f"{kind} ({os.cpu_count()} cores)"
 
 
