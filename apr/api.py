@@ -157,9 +157,11 @@ class Reasoner:
             fail("engine", engine, ", ".join(ENGINES))
         from transformers import AutoTokenizer
 
-        from apr.model.integrity import check_checkpoint
+        from apr.model.integrity import check_checkpoint, check_window
 
         check_checkpoint(path, "model")
+        if runtime is not None:
+            check_window(path, runtime.max_thread_tokens, "max_thread_tokens (--max-thread-tokens, runtime)")
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(_ENGINE_LOADERS[engine](str(path), **engine_options), tokenizer, runtime)
 

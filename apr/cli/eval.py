@@ -45,7 +45,7 @@ def preflight(c: dict) -> None:
 
     from apr.config import ConfigError
     from apr.eval.suite import check_fingerprint, check_settings, fingerprint_of
-    from apr.model.integrity import check_checkpoint
+    from apr.model.integrity import check_checkpoint, check_window
 
     cfg, models, problems, _ = inputs(c)
     for name, path in models.items():
@@ -54,6 +54,8 @@ def preflight(c: dict) -> None:
                               "checkpoint directory, e.g. runs/sft/<name>/final")
         check_checkpoint(path, f"models.{name}")
     check_settings(list(models), cfg)
+    for path in models.values():
+        check_window(path, cfg.max_thread_tokens, "eval.max_thread_tokens")
     check_writable_dir(c["out_dir"], "out_dir")
     data = {"data_dir": str(c["data_dir"]), "split": c["split"]}
     check_fingerprint(Path(c["out_dir"]), fingerprint_of(models, problems, cfg, data), write=False)

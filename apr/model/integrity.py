@@ -126,6 +126,18 @@ def check_checkpoint(directory: str | Path, field: str = "checkpoint", verify_ha
                           "(copy it again, or use an earlier one)")
 
 
+def check_window(directory: str | Path, window: int, field: str) -> None:
+    """A thread window of `window` tokens fits the checkpoint's positions (config.json's
+    max_position_embeddings), as SFT checks data.max_seq_len; else a ConfigError naming `field`."""
+    try:
+        positions = json.loads((Path(directory) / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return  # a missing or damaged config is reported by check_checkpoint
+    if isinstance(positions, int) and window > positions:
+        raise ConfigError(f"{field}: got {window}; accepted: at most {positions}, the model's max_position_embeddings "
+                          f"({str(directory)!r}): positions beyond it were never trained")
+
+
 def nonfinite_tensor(model) -> str | None:
     """The name of the first parameter or buffer of `model` holding NaN or inf, None if all are finite."""
     import torch

@@ -306,7 +306,12 @@ def run_recipe(cfg: SFTConfig, total_steps: int | None) -> dict:
     """What defines a run: `resume=true` with any of it changed is refused unless `resume_changed=true`."""
     d = Path(cfg.data.dir)
     files = [d / split / f"{cfg.data.solver}.jsonl" for split in ("train", "val")]
-    return {"data.dir contents": files_fingerprint(files), "data.solver": cfg.data.solver,
+    tokenizer = d / "tokenizer" / "tokenizer.json"
+    return {"data.dir contents": files_fingerprint(files),
+            "data.dir tokenizer": files_fingerprint([tokenizer]) if tokenizer.is_file() else None,
+            "data.solver": cfg.data.solver, "data.drills": cfg.data.drills, "optim.name": cfg.optim.name,
+            "optim.embed_lr_scale": cfg.optim.embed_lr_scale, "optim.weight_decay": cfg.optim.weight_decay,
+            "optim.schedule": cfg.optim.schedule, "train.max_tokens": cfg.train.max_tokens,
             "data.max_seq_len": cfg.data.max_seq_len, "data.solved_only": cfg.data.solved_only,
             "data.max_train_records": cfg.data.max_train_records, "optim.lr": cfg.optim.lr,
             "optim.min_lr_ratio": cfg.optim.min_lr_ratio, "optim.warmup_steps": cfg.optim.warmup_steps,

@@ -128,7 +128,9 @@ def test_eval_settings_that_measure_nothing(tmp_path, assets):
         preflight(composed("eval", *base, "eval.temperatures=[]", "eval.cons_pass_n=0"))
     with pytest.raises(ConfigError, match=r"eval.windows: got \[\]; accepted: a non-empty list"):
         preflight(composed("eval", *base, "eval.windows=[]"))
-    preflight(composed("eval", *base, "eval.temperatures=[0.0]", "eval.cons_pass_n=0"))  # fine
+    # fine (within the test model's 512 positions: the default 1,024-token window is refused, see below)
+    preflight(composed("eval", *base, "eval.temperatures=[0.0]", "eval.cons_pass_n=0", "eval.max_thread_tokens=512",
+                       "eval.windows=[256,512]"))
 
 
 def test_eval_damaged_model_names_the_file(tmp_path, assets):
@@ -247,3 +249,24 @@ def test_rl_asking_a_local_cluster_for_a_gpu_on_a_cpu_machine_is_one_line(tmp_pa
             "dist.worker_gpus=1")
     one_line(r, "error: dist: the run asks a local Ray cluster for 2 GPUs (dist.worker_gpus=2")
     assert not (tmp_path / "run").exists()
+
+
+def test_windows_longer_than_the_models_positions_are_refused_everywhere(tmp_path, assets):
+    # probe (issue 26 item 7): `apr eval` at 4,096 and `apr solve --max-thread-tokens 3000` ran on a model of
+    # fewer positions (SFT refuses the same setting)
+    from apr.api import Reasoner
+    from apr.cli.eval import preflight
+    from apr.runtime import RuntimeConfig
+
+    init, data = assets
+    positions = json.loads((init / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(ConfigError, match=rf"^eval.max_thread_tokens: got {positions + 1}; accepted: at most "
+                                          rf"{positions}, the model's max_position_embeddings"):
+        preflight(composed("eval", f"models.apr={init}", f"data_dir={data}", "split=val",
+                           f"eval.max_thread_tokens={positions + 1}", f"eval.windows=[{positions + 1}]",
+                           f"out_dir={tmp_path / 'out'}"))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=rf"^max_thread_tokens \(--max-thread-tokens, runtime\): got "
+                                          rf"{positions + 1}; accepted: at most {positions}"):
+        Reasoner.from_pretrained(str(init), runtime=RuntimeConfig(max_thread_tokens=positions + 1))
+    Reasoner.from_pretrained(str(init), runtime=RuntimeConfig(max_thread_tokens=positions))  # the whole window

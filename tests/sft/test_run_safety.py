@@ -125,6 +125,17 @@ def test_resume_refuses_changed_settings_and_names_them(four_steps, data_dir, da
         f.write((data_dir / "train" / "sosp.jsonl").read_text().splitlines()[0] + "\n")
     with pytest.raises(ConfigError, match="other settings: data.dir contents [0-9a-f']+ -> "):
         Trainer(_cfg(regenerated, run_dir, resume=True), data_tokenizer).fit()
+    # probe (issue 26 item 3): the same traces beside another data set's tokenizer resumed, and final/ was
+    # written with that tokenizer beside weights of the first one's vocabulary
+    retokenized = tmp_path / "data2"
+    shutil.copytree(data_dir, retokenized)
+    tok_file = retokenized / "tokenizer" / "tokenizer.json"
+    tok_file.write_text(tok_file.read_text().replace('"<pad>"', '"<PAD>"', 1))
+    with pytest.raises(ConfigError, match="other settings: data.dir tokenizer [0-9a-f']+ -> "):
+        Trainer(_cfg(retokenized, run_dir, resume=True), data_tokenizer).fit()
+    with pytest.raises(ConfigError, match="optim.embed_lr_scale 1.0 -> 5.0; optim.weight_decay 0.1 -> 0.0"):
+        Trainer(_cfg(data_dir, run_dir, resume=True, optim={"embed_lr_scale": 5.0, "weight_decay": 0.0}),
+                data_tokenizer).fit()
     assert not (run_dir / "final").exists()  # nothing was trained or written by the refused runs
 
 
