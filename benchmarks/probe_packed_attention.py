@@ -15,11 +15,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import contextlib  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
+from probe_sft_compile import run  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from transformers import AutoTokenizer  # noqa: E402
 
 from apr.config import from_dict  # noqa: E402
@@ -28,19 +27,6 @@ from apr.sft.config import SFTConfig  # noqa: E402
 from apr.sft.packing import PackedLoader  # noqa: E402
 from apr.sft.trainer import prepare_data  # noqa: E402
 from apr.train.device import resolve_precision  # noqa: E402
-
-
-def run(model, opt, batches, autocast) -> tuple[float, float]:
-    times = []
-    for b in batches:
-        t = time.perf_counter()
-        with autocast():
-            out = model(**b.model_inputs(), num_items_in_batch=torch.tensor(max(b.num_targets, 1)))
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[5:]), sum(b.num_tokens for b in batches[5:]) / sum(times[5:])
 
 
 def main() -> None:

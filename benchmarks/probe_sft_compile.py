@@ -28,11 +28,12 @@ from apr.sft.trainer import prepare_data  # noqa: E402
 from apr.tokenizer import build_tokenizer  # noqa: E402
 
 
-def run(model, opt, batches) -> tuple[float, float]:
+def run(model, opt, batches, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16)) -> tuple[float, float]:
+    """Median step time and tokens/s over all but the first 5 of `batches` (one optimizer step each)."""
     times = []
     for b in batches:
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             out = model(**b.model_inputs(), num_items_in_batch=torch.tensor(max(b.num_targets, 1)))
         out.loss.backward()
         opt.step()

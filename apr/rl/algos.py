@@ -183,6 +183,24 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     return loss, was_clipped.float()
 
 
+def rollout_is_weights(learner_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, mode: str,
+                       cap: float) -> torch.Tensor:
+    """Truncated importance weights pi_learner / pi_sampler of the sampled tokens (TRL's and verl's rollout
+    correction): per token, or one per row from the summed log-ratio (`sequence`), capped at `cap`; 0 where
+    `mask` is 0. All (N, T).
+
+        >>> import torch
+        >>> w = rollout_is_weights(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.0, -3.0]]), torch.ones(1, 2),
+        ...                        "token", 2.0)
+        >>> [round(x, 3) for x in w[0].tolist()]
+        [1.0, 2.0]
+    """
+    d = log_ratio(learner_logp, sampler_logp, mask)  # (N, T)
+    if mode == "sequence":
+        d = d.sum(dim=1, keepdim=True).clamp(-20.0, 20.0).expand_as(d)
+    return torch.exp(d).clamp(max=cap) * mask.float()
+
+
 def log_ratio(logp: torch.Tensor, other: torch.Tensor, mask: torch.Tensor | None = None,
               bound: float = 20.0) -> torch.Tensor:
     """logp - other where `mask` is 1 and 0 elsewhere (prompt, joined results, padding), clamped to

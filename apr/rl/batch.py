@@ -24,6 +24,8 @@ class SequenceBatch:
     tree_index: torch.Tensor  # (N,) which rollout each thread came from
     lengths: torch.Tensor  # (N,) tokens of each row before its padding
     thread_rewards: torch.Tensor  # (N,) the tree's reward credited to the thread (what PPO's GAE uses)
+    # (N, T) truncated importance weights of the sampler's tokens (`loss.rollout_is`), None: no correction
+    is_weights: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -36,13 +38,14 @@ class SequenceBatch:
         """Those rows, without the padding columns none of them needs."""
         idx = torch.tensor(rows, dtype=torch.long)
         last = int(self.lengths[idx].max())
-        values = [t[idx][:, :last] if t.dim() == 2 else t[idx] for t in
+        values = [None if t is None else t[idx][:, :last] if t.dim() == 2 else t[idx] for t in
                   (self.ids, self.mask, self.old_logprobs, self.advantages, self.seq_weights, self.tree_index,
-                   self.lengths, self.thread_rewards)]
+                   self.lengths, self.thread_rewards, self.is_weights)]
         return SequenceBatch(*values)
 
     def to(self, device) -> SequenceBatch:
-        return SequenceBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return SequenceBatch(*(None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                               for f in fields(self)))
 
 
 def micro_batches(lengths: list[int], max_tokens: int) -> list[list[list[int]]]:

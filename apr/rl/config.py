@@ -82,11 +82,18 @@ class LossConfig:
     aggregation: str = "token_mean"  # or seq_mean_per_rollout (the paper's 1/threads weighting)
     value_coef: float = 0.5  # PPO: weight of the critic's loss
     value_clip: float = 0.2  # PPO: clip of the value change (0: off)
+    # train.old_logprobs=recompute: weight the policy loss by pi_learner / pi_sampler of each sampled token
+    # (token), or of the whole thread (sequence), truncated at rollout_is_cap (TRL / verl); off: no correction
+    rollout_is: Literal["off", "token", "sequence"] = "off"
+    rollout_is_cap: float = 2.0
 
     def __post_init__(self) -> None:
         check(self.policy in POLICY_LOSSES, "loss.policy", self.policy, ", ".join(POLICY_LOSSES))
         check(self.aggregation in AGGREGATIONS, "loss.aggregation", self.aggregation, ", ".join(AGGREGATIONS))
         check(self.clip > 0, "loss.clip", self.clip, "a positive number")
+        check(self.rollout_is in ("off", "token", "sequence"), "loss.rollout_is", self.rollout_is,
+              "off, token or sequence")
+        check(self.rollout_is_cap >= 1, "loss.rollout_is_cap", self.rollout_is_cap, "a number >= 1")
         check(self.clip_ratio_c is None or self.clip_ratio_c > 1 + self.clip, "loss.clip_ratio_c",
               self.clip_ratio_c, f"null (off) or a number > 1 + loss.clip ({1 + self.clip:g})")
         check(self.kl_coef >= 0, "loss.kl_coef", self.kl_coef, ">= 0")
@@ -276,6 +283,9 @@ class RLConfig:
             raise ConfigError("init: not given; accepted: the directory of an SFT checkpoint, e.g. "
                               "init=runs/sft/n3_tiny_apr/final")
         self.engine = with_window(engine_config(self.engine), self.rollout.runtime.max_thread_tokens)
+        check(self.loss.rollout_is == "off" or self.train.old_logprobs == "recompute", "loss.rollout_is",
+              self.loss.rollout_is, "off with train.old_logprobs=rollout (the ratio's denominator is then the "
+              "sampler's own log-prob: nothing to correct); token or sequence with train.old_logprobs=recompute")
         if engine_name(self.engine) == "sglang":
             urls = self.engine.urls
             check(len(urls) >= self.dist.num_rollout_workers, "engine.urls", urls,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from apr.model import load_checkpoint
-from apr.rl.algos import aggregation_denominator, gae
+from apr.rl.algos import aggregation_denominator, gae, rollout_is_weights
 from apr.rl.batch import SequenceBatch, micro_batches
 from apr.rl.config import RLConfig
 from apr.rl.logprobs import Packing, batched_logprobs
@@ -169,6 +169,14 @@ class Learner:
             batch.old_logprobs = self.logprobs(batch) * batch.mask
             (gap,) = collectives.all_reduce_sum([float(((engine_logp - batch.old_logprobs).abs() * batch.mask).sum())])
             metrics["rl/logprob_mismatch"] = gap / max(num_tokens, 1)
+            if cfg.loss.rollout_is != "off":  # the samples came from the engine, the ratio's denominator is ours
+                w = rollout_is_weights(batch.old_logprobs, engine_logp, batch.mask, cfg.loss.rollout_is,
+                                       cfg.loss.rollout_is_cap)  # (N, T)
+                batch.is_weights = w
+                capped, total = collectives.all_reduce_sum([float(((w >= cfg.loss.rollout_is_cap) * batch.mask).sum()),
+                                                            float(w.sum())])
+                metrics["rl/is_capped_frac"] = capped / max(num_tokens, 1)
+                metrics["rl/is_weight_mean"] = total / max(num_tokens, 1)
         values_returns = None
         if self.critic is not None:
             values_returns = self._gae(batch)

@@ -37,6 +37,8 @@ def policy_loss(model, batch: SequenceBatch, cfg: LossConfig, ref_logprobs: torc
     adv = token_advantages(batch)  # (N, T)
     per_token, clipped = POLICY_LOSSES[cfg.policy](logp, batch.old_logprobs, adv, clip=cfg.clip,
                                                    mask=batch.mask, clip_ratio_c=cfg.clip_ratio_c)  # (N, T)
+    if batch.is_weights is not None:  # truncated importance weights of the sampler's tokens (loss.rollout_is)
+        per_token = per_token * batch.is_weights
     kl = kl_k3(logp, ref_logprobs, batch.mask) if ref_logprobs is not None else torch.zeros_like(logp)  # (N, T)
     per_token = per_token + cfg.kl_coef * kl - cfg.entropy_coef * entropy
     # masked positions hold anything (a -inf log-prob of a pad token): select, never multiply by 0

@@ -222,3 +222,50 @@ def test_a_child_bonus_never_outweighs_the_groups_outcome_signal():
     plain = sequences_from_trees(_trees(5), [1.0, 0, 0, 0, 0], [0] * 5, credit="child_outcome",
                                  outcomes=[[0, 1]] * 5).advantages.view(5, 2)
     assert float(plain[0, 1] - plain[0, 0]) == pytest.approx(0.5 * 2.236, abs=1e-3)
+
+
+def test_rollout_importance_correction_reweights_the_loss_only_where_sampler_and_learner_differ():
+    # review against verl/TRL (issue 25 item 4): with old_logprobs=recompute the samples come from the engine and
+    # the ratio's denominator from the learner; the gap was only logged
+    from apr.model.config import ModelConfig, build_model
+    from apr.rl.algos import rollout_is_weights
+    from apr.rl.batch import SequenceBatch
+    from apr.rl.config import LossConfig
+    from apr.rl.loss import policy_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="t", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                    max_position_embeddings=64), vocab_size=40, seed=0)
+    ids = torch.randint(4, 40, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[:, :3] = 0  # a prompt
+    learner = torch.randn(3, 10).clamp(max=-0.1) * mask  # the learner's recomputed log-probs
+    batch = SequenceBatch(ids, mask, learner, torch.tensor([1.0, -0.5, 0.3]), torch.ones(3), torch.arange(3),
+                          torch.full((3,), 10), torch.zeros(3))
+
+    def grads(is_weights):
+        batch.is_weights = is_weights
+        loss, _ = policy_loss(model, batch, LossConfig(kl_coef=0.0))
+        return [g.clone() for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+    plain = grads(None)
+    for mode in ("token", "sequence"):
+        same = rollout_is_weights(learner, learner, mask, mode, 2.0)  # sampler == learner: weights 1
+        assert torch.equal(same, mask.float())
+        assert all(torch.allclose(a, b) for a, b in zip(plain, grads(same)))
+        engine = learner - 0.3 * torch.rand(3, 10) * mask  # the engine found its tokens less likely
+        w = rollout_is_weights(learner, engine, mask, mode, 2.0)
+        assert (w[mask.bool()] > 1).all() and (w <= 2.0).all() and (w[~mask.bool()] == 0).all()
+        assert any(not torch.allclose(a, b) for a, b in zip(plain, grads(w)))
+    # a huge gap is truncated at the cap
+    assert rollout_is_weights(learner, learner - 50 * mask, mask, "token", 2.0)[mask.bool()].eq(2.0).all()
+
+
+def test_rollout_importance_correction_needs_recomputed_old_logprobs():
+    from apr.config import ConfigError, from_dict
+    from apr.rl.config import RLConfig
+
+    with pytest.raises(ConfigError, match="loss.rollout_is: got 'token'; accepted: off with train.old_logprobs=rollout"):
+        from_dict(RLConfig, {"init": "x", "loss": {"rollout_is": "token"}})
+    cfg = from_dict(RLConfig, {"init": "x", "loss": {"rollout_is": "sequence"}, "train": {"old_logprobs": "recompute"}})
+    assert cfg.loss.rollout_is == "sequence"

@@ -292,3 +292,23 @@ def test_an_engine_length_end_inside_the_window_is_recorded_as_the_window(tokeni
     root = res.tree.root
     assert root.num_tokens < 200  # the engine, not the runtime's window of 200, stopped it...
     assert root.finish_reason == Finish.WINDOW  # ...and no budget was set: it is recorded as a window
+
+
+def test_a_learner_with_recomputed_old_logprobs_weights_the_sampled_tokens(tokenizer, tmp_path):
+    import torch
+
+    from apr.rl.learner import Learner
+    from apr.rl.sequences import sequences_from_trees
+    from tests.rl._setup import make_assets, rl_config
+
+    init, data = make_assets(tokenizer, tmp_path)
+    cfg = rl_config(tmp_path, init, data, **{"train.old_logprobs": "recompute", "loss.rollout_is": "token",
+                                             "train.inner_steps": 1})
+    rollouts = RolloutWorker(str(init), cfg.rollout, cfg.algo).rollout([PROBLEM], 2, seed=1)
+    batch = sequences_from_trees([r.tree for r in rollouts], [0.0, 1.0], [0, 0])
+    batch.old_logprobs = (batch.old_logprobs - 0.2) * batch.mask  # as if the engine had found its tokens less likely
+    metrics = Learner(cfg).update(batch)
+    assert metrics["rl/logprob_mismatch"] > 0.1
+    assert batch.is_weights is not None and torch.isfinite(batch.is_weights).all()
+    assert 1.0 < metrics["rl/is_weight_mean"] <= 2.0 and 0.0 <= metrics["rl/is_capped_frac"] <= 1.0
+    assert math.isfinite(metrics["rl/loss"])
