@@ -69,14 +69,13 @@ def _convert(tp: Any, value: Any, field: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, field)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue  # the next member may take it; the refusal below names them all
         fail(field, value, " or ".join(_describe(a) for a in args))
     if origin is typing.Literal:
         check(value in args, field, value, "one of " + ", ".join(repr(a) for a in args))

@@ -12,17 +12,15 @@ the worker also holds the frozen reference and returns its log-probs of every th
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 
-from apr.config import from_dict, to_dict
 from apr.engine.config import engine_config, engine_name, engine_options, with_window
 from apr.rl.algos import CREDIT, register_in
 from apr.rl.config import AlgoConfig, RolloutConfig
 from apr.rl.sequences import sequences_from_trees
 from apr.rl.weights import load_buckets
-from apr.runtime import Finish, RuntimeConfig, ThreadTree
+from apr.runtime import Finish, ThreadTree
 from apr.scoring import EvalRecord, score
 from apr.search import child_outcome
 from apr.task import Problem, reward
@@ -281,9 +279,4 @@ class RolloutWorker:
         if close is not None:
             close()
 
-    def runtime_config(self) -> RuntimeConfig:
-        return from_dict(RuntimeConfig, to_dict(self.cfg.runtime), "rollout.runtime")
-
-    def ping(self) -> int:
-        return os.getpid()
 

@@ -43,7 +43,6 @@ from apr.train import checkpoint as ckpt
 from apr.train.budget import TimeBudget
 from apr.train.metrics import MetricsLog, is_due, progress_bar, say, timer
 
-SHARD = tuple  # (problems, seed, first_index)
 PENDING_FILE = "pending_rollouts.pkl"  # in a checkpoint: train.off_policy_steps=1's rollouts of the next step
 
 

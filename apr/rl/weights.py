@@ -7,7 +7,7 @@ One object-store object (or one in-process hand-over) per bucket, not one call p
     >>> buckets = to_buckets(sd, bucket_mb=0.3)
     >>> [sorted(b) for b in buckets]
     [['a', 'b'], ['c']]
-    >>> sorted(merge_buckets(buckets)) == sorted(sd)
+    >>> sorted(name for b in buckets for name in b) == sorted(sd)
     True
 """
 
@@ -32,13 +32,6 @@ def to_buckets(state_dict: dict, bucket_mb: float) -> list[dict]:
     if current:
         buckets.append(current)
     return buckets
-
-
-def merge_buckets(buckets: list[dict]) -> dict:
-    out: dict = {}
-    for b in buckets:
-        out.update(b)
-    return out
 
 
 def load_buckets(model, buckets: list[dict]) -> None:

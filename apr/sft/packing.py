@@ -246,7 +246,3 @@ def eval_batches(seqs: Sequences | list[TrainSequence], row_len: int, pad_id: in
     return out + [collate(seqs, [[]], row_len, pad_id) for _ in range(num_batches - len(out))]
 
 
-def packing_efficiency(batches: list[PackedBatch]) -> float:
-    """Share of non-padding tokens over all row slots."""
-    slots = sum(b.input_ids.numel() for b in batches)
-    return sum(b.num_tokens for b in batches) / max(slots, 1)
