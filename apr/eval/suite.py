@@ -69,7 +69,22 @@ def fingerprint_of(models: dict[str, str], problems: Sequence, cfg: EvalConfig, 
 
 
 def check_settings(models: Sequence[str], cfg: EvalConfig) -> None:
-    """Every model runs at least one setting (else its report would be silently empty)."""
+    """Every model runs at least one setting (else its report would be silently empty); the model names of
+    `eval.conditions` are models of this run, and those of `eval.cons_pass_models` are not misspellings of one
+    (a name close to a model's that matches none: its curves would be silently missing)."""
+    import difflib
+
+    known = set(models) | {base_name(m) for m in models}
+    for name in cfg.conditions:
+        if name not in known:
+            raise ConfigError(f"eval.conditions.{name}: no model {name!r} in this run; accepted: one of "
+                              f"{', '.join(sorted(models))} (or the base name of an _rl one)")
+    if cfg.cons_pass_n > 0:
+        for name in cfg.cons_pass_models:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            if name not in known and close:
+                raise ConfigError(f"eval.cons_pass_models: got {name!r}, no model of this run (did you mean "
+                                  f"{close[0]!r}?); accepted: names among {', '.join(sorted(models))}")
     for name in models:
         if not plan_settings(name, cfg):
             raise ConfigError(f"eval.temperatures: got {list(cfg.temperatures)}, so model {name!r} runs no setting "

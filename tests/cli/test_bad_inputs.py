@@ -270,3 +270,20 @@ def test_windows_longer_than_the_models_positions_are_refused_everywhere(tmp_pat
                                           rf"{positions + 1}; accepted: at most {positions}"):
         Reasoner.from_pretrained(str(init), runtime=RuntimeConfig(max_thread_tokens=positions + 1))
     Reasoner.from_pretrained(str(init), runtime=RuntimeConfig(max_thread_tokens=positions))  # the whole window
+
+
+def test_eval_names_of_models_that_are_not_in_the_run_are_refused(tmp_path, assets):
+    # probe (issue 26, "silently accepted"): misspelt model names in eval.cons_pass_models / eval.conditions
+    from apr.cli.eval import preflight
+
+    init, data = assets
+    base = [f"models.apr={init}", f"models.sosp={init}", f"data_dir={data}", "split=val", f"out_dir={tmp_path / 'o'}",
+            "eval.max_thread_tokens=512", "eval.windows=[256,512]"]
+    with pytest.raises(ConfigError, match=r"^eval.conditions.aprr: no model 'aprr' in this run; accepted: one of apr, "
+                                          r"sosp"):
+        preflight(composed("eval", *base, "+eval.conditions.aprr=[threads 2]"))
+    with pytest.raises(ConfigError, match=r"^eval.cons_pass_models: got 'sops', no model of this run \(did you mean "
+                                          r"'sosp'\?\)"):
+        preflight(composed("eval", *base, "eval.cons_pass_models=[sops]"))
+    preflight(composed("eval", *base, "+eval.conditions.apr=[threads 2]", "eval.cons_pass_models=[sosp]"))
+    assert not (tmp_path / "o").exists()
