@@ -69,22 +69,20 @@ def fingerprint_of(models: dict[str, str], problems: Sequence, cfg: EvalConfig, 
 
 
 def check_settings(models: Sequence[str], cfg: EvalConfig) -> None:
-    """Every model runs at least one setting (else its report would be silently empty); the model names of
-    `eval.conditions` are models of this run, and those of `eval.cons_pass_models` are not misspellings of one
-    (a name close to a model's that matches none: its curves would be silently missing)."""
+    """Every model runs at least one setting (else its report would be silently empty), and no model name in
+    `eval.conditions` or `eval.cons_pass_models` is a misspelling of one of this run's (a name close to a
+    model's that matches none: its settings would be silently missing; names of models not in this run, like
+    the defaults' `sosp` when only `apr` is evaluated, are fine)."""
     import difflib
 
-    known = set(models) | {base_name(m) for m in models}
-    for name in cfg.conditions:
-        if name not in known:
-            raise ConfigError(f"eval.conditions.{name}: no model {name!r} in this run; accepted: one of "
-                              f"{', '.join(sorted(models))} (or the base name of an _rl one)")
-    if cfg.cons_pass_n > 0:
-        for name in cfg.cons_pass_models:
-            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-            if name not in known and close:
-                raise ConfigError(f"eval.cons_pass_models: got {name!r}, no model of this run (did you mean "
-                                  f"{close[0]!r}?); accepted: names among {', '.join(sorted(models))}")
+    known = sorted(set(models) | {base_name(m) for m in models})
+    named = [(f"eval.conditions.{n}", n) for n in cfg.conditions]
+    named += [("eval.cons_pass_models", n) for n in cfg.cons_pass_models] if cfg.cons_pass_n > 0 else []
+    for field, name in named:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if name not in known and close:
+            raise ConfigError(f"{field}: got {name!r}, no model of this run (did you mean {close[0]!r}?); accepted: "
+                              f"names among {', '.join(sorted(models))}")
     for name in models:
         if not plan_settings(name, cfg):
             raise ConfigError(f"eval.temperatures: got {list(cfg.temperatures)}, so model {name!r} runs no setting "

@@ -279,8 +279,8 @@ def test_eval_names_of_models_that_are_not_in_the_run_are_refused(tmp_path, asse
     init, data = assets
     base = [f"models.apr={init}", f"models.sosp={init}", f"data_dir={data}", "split=val", f"out_dir={tmp_path / 'o'}",
             "eval.max_thread_tokens=512", "eval.windows=[256,512]"]
-    with pytest.raises(ConfigError, match=r"^eval.conditions.aprr: no model 'aprr' in this run; accepted: one of apr, "
-                                          r"sosp"):
+    with pytest.raises(ConfigError, match=r"^eval.conditions.aprr: got 'aprr', no model of this run \(did you mean "
+                                          r"'apr'\?\); accepted: names among apr, sosp"):
         preflight(composed("eval", *base, "+eval.conditions.aprr=[threads 2]"))
     with pytest.raises(ConfigError, match=r"^eval.cons_pass_models: got 'sops', no model of this run \(did you mean "
                                           r"'sosp'\?\)"):
