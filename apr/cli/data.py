@@ -29,6 +29,10 @@ def configs(c: dict) -> tuple:
     return task, solvers, from_dict(DataConfig, c["data"], "data"), from_dict(TokenizerConfig, c["tokenizer"], "tokenizer")
 
 
+# what marks a directory as holding a data set (apr.datagen.generate_dataset writes them)
+DATA_FILES = ("stats.json", "train", "val", "test", "tokenizer")
+
+
 def preflight(c: dict) -> None:
     """What can refuse the run, checked before Hydra writes into data.out_dir (`apr.cli.common.Preflight`)."""
     from apr.datagen.build import check_generation
@@ -55,9 +59,6 @@ def preflight(c: dict) -> None:
         why = "overwrite=true" if complete else "an unfinished data set (no stats.json)"
         print(f"{why}: moved the earlier {out} to {aside} (delete it to free the space)")
 
-
-# what marks a directory as holding a data set (apr.datagen.generate_dataset writes them)
-DATA_FILES = ("stats.json", "train", "val", "test", "tokenizer")
 
 
 def run(c: dict) -> dict:

@@ -20,6 +20,8 @@ attention implementation, so any transformers install loads what was trained wit
 
 from __future__ import annotations
 
+import functools
+
 NAME = "sdpa_packed"
 GRANULE = 32  # sequences are padded up to a multiple of this many tokens (fewer SDPA calls, little waste)
 
@@ -81,7 +83,9 @@ def _plan(position_ids, batch: int, length: int):
     return plan
 
 
+@functools.cache
 def _gather_function():
+    """The `Gather` autograd function (built on first use: importing this module does not import torch)."""
     import torch
 
     class Gather(torch.autograd.Function):
@@ -108,13 +112,8 @@ def _padded(x):
     return torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
 
 
-_GATHER = []
-
-
 def _gather(x, index, inverse):
-    if not _GATHER:
-        _GATHER.append(_gather_function())
-    return _GATHER[0].apply(x, index, inverse)
+    return _gather_function().apply(x, index, inverse)
 
 
 def packed_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
